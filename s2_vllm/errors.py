@@ -1,0 +1,25 @@
+"""User-facing errors: one line each, shown without a traceback by the CLI."""
+
+
+class UserError(Exception):
+    """A problem with the user's input, config or files (exit code 2)."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """The configuration is invalid; raised before any model loads."""
+
+
+class InputError(UserError):
+    """An input data file cannot be read or joined."""
+
+
+class CheckpointError(UserError):
+    """The checkpoint cannot be used as asked (locked, changed config, damaged)."""
+
+
+class EngineError(Exception):
+    """The engine could not start or died mid-run (exit code 3)."""
+
+    exit_code = 3
