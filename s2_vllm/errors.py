@@ -23,3 +23,9 @@ class EngineError(Exception):
     """The engine could not start or died mid-run (exit code 3)."""
 
     exit_code = 3
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

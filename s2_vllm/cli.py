@@ -1,0 +1,259 @@
+"""The `s2-vllm` command line. Heavy imports (torch, transformers, vllm) happen inside commands."""
+
+from __future__ import annotations
+
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+import click
+
+from s2_vllm import __version__
+from s2_vllm.config import Config, apply_overrides, load_config
+from s2_vllm.errors import EngineError, UserError
+
+DEBUG_ENV = "S2_VLLM_DEBUG"
+
+
+class Failure(click.ClickException):
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Stopped(Failure):
+    """A signal stopped the run: not an error, so no 'Error:' prefix."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(self.format_message(), err=True)
+
+
+class Group(click.Group):
+    """Turns our exceptions into one-line messages and exit codes; --debug keeps tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from s2_vllm.pipeline import RunInterrupted
+
+        debug = bool(ctx.params.get("debug")) or bool(os.environ.get(DEBUG_ENV))
+        try:
+            return super().invoke(ctx)
+        except RunInterrupted as exc:
+            raise Stopped(str(exc), 130) from None
+        except (UserError, EngineError) as exc:
+            if debug:
+                raise
+            raise Failure(str(exc), exc.exit_code) from None
+
+
+@click.group(cls=Group)
+@click.version_option(__version__, prog_name="s2-vllm")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+def cli(debug: bool) -> None:
+    """Fuse clue descriptions with subtitles (OV-MER's S2 strategy, step 2) over a whole dataset.
+
+    \b
+    Quick start:
+        s2-vllm demo
+        s2-vllm run --audio audio.json --subtitles subtitles.json
+        s2-vllm status s2_final_descriptions.jsonl
+        s2-vllm export s2_final_descriptions.jsonl -o s2_final_descriptions.json
+    """
+
+
+def input_options(f: Any) -> Any:
+    options = [
+        click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (see configs/)."),
+        click.option("--audio", type=click.Path(), help="Audio descriptions (JSON array, JSONL or CSV)."),
+        click.option("--subtitles", type=click.Path(), help="Dataset with subtitles (JSON array, JSONL or CSV)."),
+        click.option("--source", "extra_sources", multiple=True, metavar="NAME=PATH",
+                     help="Input file of any source declared in the config. Repeatable."),
+        click.option("--model", help="Model: a Hugging Face id or a local folder."),
+        click.option("--tokenizer", help="Tokenizer, when it differs from the model."),
+        click.option("--max-model-len", type=int, help="Context length prompts are checked against."),
+        click.option("--max-tokens", type=int, help="Most tokens generated per record."),
+        click.option("--enable-thinking/--no-enable-thinking", default=None, help="Qwen3 thinking mode."),
+        click.option("--on-duplicate", type=click.Choice(["error", "first", "last"]), help="Duplicate ids in a source."),
+        click.option("--too-long", type=click.Choice(["truncate", "error"]), help="Prompts over the context."),
+        click.option("--limit", type=click.IntRange(min=1), help="Only the first N joined records."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def build_config(params: dict[str, Any]) -> Config:
+    config = load_config(params.pop("config_path", None))
+    for name, path in (("audio", params.pop("audio", None)), ("subtitle", params.pop("subtitles", None))):
+        if path:
+            config.with_source_path(name, path)
+    for item in params.pop("extra_sources", ()):
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise click.BadParameter(f"'{item}' is not NAME=PATH", param_hint="--source")
+        config.with_source_path(name, path)
+    apply_overrides(config, "engine", model=params.pop("model", None), tokenizer=params.pop("tokenizer", None),
+                    max_model_len=params.pop("max_model_len", None))
+    apply_overrides(config, "prompt", enable_thinking=params.pop("enable_thinking", None),
+                    too_long=params.pop("too_long", None))
+    apply_overrides(config, "run", on_duplicate=params.pop("on_duplicate", None))
+    apply_overrides(config, "sampling", max_tokens=params.pop("max_tokens", None))
+    return config
+
+
+def parse_shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    index, sep, count = value.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
+        raise click.BadParameter(f"'{value}' is not I/N with 0 <= I < N, e.g. 0/4", param_hint="--shard")
+    return int(index), int(count)
+
+
+@cli.command()
+@input_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Checkpoint JSONL. [default: s2_final_descriptions.jsonl]")
+@click.option("--engine", type=click.Choice(["vllm", "hf"]), help="vllm (GPU, default) or hf (transformers).")
+@click.option("--temperature", type=float, help="0 means greedy.")
+@click.option("--top-p", type=float)
+@click.option("--top-k", type=int)
+@click.option("--seed", type=int, help="Base seed; each record's seed derives from it and its file_id.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Batch size of the hf engine.")
+@click.option("--in-flight", type=click.IntRange(min=1), help="Requests kept in the engine at once.")
+@click.option("--shard", help="Run only shard I of N (0-based, stable hash of file_id), e.g. 0/4.")
+@click.option("--overwrite", is_flag=True, help="Start over when the checkpoint has another config (keeps a backup).")
+@click.option("--retry-failed", is_flag=True, help="Run again the records whose row is error or length.")
+@click.option("--repair", is_flag=True, help="Move damaged checkpoint lines to .rejected and redo them.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def run(output: str | None, engine: str | None, temperature: float | None, top_p: float | None, top_k: int | None,
+        seed: int | None, batch_size: int | None, in_flight: int | None, shard: str | None, overwrite: bool,
+        retry_failed: bool, repair: bool, no_progress: bool, **params: Any) -> None:
+    """Fuse every joined record and append each result to a resumable JSONL checkpoint.
+
+    Run the same command again after an interruption: finished records are skipped.
+
+    \b
+    Examples:
+        s2-vllm run --audio audio.json --subtitles subtitles.json
+        s2-vllm run --config configs/qwen3-8b-thinking.toml --audio a.json --subtitles s.json -o out.jsonl
+        s2-vllm run --engine hf --model ./my-model --audio a.json --subtitles s.json --limit 10
+    """
+    from s2_vllm.pipeline import RunOptions
+    from s2_vllm.pipeline import run as run_pipeline
+
+    limit = params.pop("limit")
+    config = build_config(params)
+    apply_overrides(config, "sampling", temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    apply_overrides(config, "run", engine=engine, in_flight=in_flight)
+    apply_overrides(config, "hf", batch_size=batch_size)
+    shard_spec = parse_shard(shard)
+    if output is None:
+        output = config.run.output
+        if shard_spec is not None:
+            stem = output.removesuffix(".jsonl")
+            output = f"{stem}.shard-{shard_spec[0]}-of-{shard_spec[1]}.jsonl"
+    options = RunOptions(Path(output), overwrite=overwrite, retry_failed=retry_failed, repair=repair,
+                         limit=limit, shard=shard_spec, progress=not no_progress)
+    summary = run_pipeline(config, options, click.echo)
+    failed = summary["statuses"].get("error", 0) + summary["statuses"].get("length", 0)
+    if failed:
+        click.echo(f"{failed} records failed or were cut at max_tokens: see `s2-vllm status {output}`")
+
+
+@cli.command()
+@input_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="prompts.jsonl", show_default=True)
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+def render(output: str, force: bool, **params: Any) -> None:
+    """Dry run: write the rendered prompts and their token counts; needs only the tokenizer.
+
+    \b
+    Example:
+        s2-vllm render --audio audio.json --subtitles subtitles.json -o prompts.jsonl
+    """
+    from s2_vllm.render import render_prompts
+
+    limit = params.pop("limit")
+    config = build_config(params)
+    counts = render_prompts(config, Path(output), force=force, limit=limit, echo=click.echo)
+    if counts:
+        click.echo(
+            f"prompt tokens: min {min(counts)}, median {statistics.median(counts):g}, "
+            f"mean {statistics.fmean(counts):.1f}, max {max(counts)}"
+        )
+
+
+@cli.command()
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path())
+def status(checkpoints: tuple[str, ...]) -> None:
+    """Rows by status, what remains, the config fingerprint and the throughput so far.
+
+    \b
+    Examples:
+        s2-vllm status s2_final_descriptions.jsonl
+        s2-vllm status 'out.shard-*.jsonl'
+    """
+    from s2_vllm.report import status_lines
+
+    for line in status_lines(expand(checkpoints)):
+        click.echo(line)
+
+
+@cli.command()
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="File to write.")
+@click.option("--format", "fmt", type=click.Choice(["json", "jsonl", "csv"]), default="json", show_default=True,
+              help="json: the tutorial's list of {file_id, final_description}.")
+@click.option("--include-failed", is_flag=True, help="json: also rows cut at max_tokens (status length).")
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+def export(checkpoints: tuple[str, ...], output: str, fmt: str, include_failed: bool, force: bool) -> None:
+    """Write the results for downstream code.
+
+    \b
+    Examples:
+        s2-vllm export s2_final_descriptions.jsonl -o s2_final_descriptions.json
+        s2-vllm export out.jsonl --format csv -o out.csv
+    """
+    from s2_vllm.export import export as export_rows
+    from s2_vllm.export import merge_rows
+
+    rows, info = merge_rows(expand(checkpoints))
+    if info.get("duplicates"):
+        click.echo(f"warning: {info['duplicates']} ids appear in more than one checkpoint; the last row is kept",
+                   err=True)
+    count = export_rows(rows, Path(output), fmt, force=force, include_failed=include_failed)
+    click.echo(f"wrote {count} records to {output}")
+
+
+@cli.command()
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default="s2-vllm-demo", show_default=True,
+              help="Where the demo writes its data, checkpoint and export.")
+@click.option("--max-tokens", type=int, default=48, show_default=True)
+def demo(directory: str, max_tokens: int) -> None:
+    """Run the whole pipeline on a tiny random model and bundled data: no GPU, no network.
+
+    It builds (once) a tiny Qwen3-style model with random weights and a locally trained
+    tokenizer, runs 50 bundled records, interrupts the run, shows `status`, resumes, and
+    exports the tutorial's JSON. The model's text is noise: only the plumbing is real.
+    """
+    from s2_vllm.demo import run_demo
+
+    run_demo(Path(directory), max_tokens=max_tokens, echo=click.echo)
+
+
+def expand(patterns: tuple[str, ...]) -> list[Path]:
+    """Checkpoint arguments, with globs expanded (quoted globs reach us unexpanded)."""
+    import glob
+
+    paths: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise UserError(f"no checkpoint matches {pattern}")
+        paths.extend(Path(m) for m in matches)
+    return paths
+
+
+if __name__ == "__main__":
+    cli()

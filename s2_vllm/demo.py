@@ -1,0 +1,71 @@
+"""`s2-vllm demo`: the real pipeline on a tiny random model and bundled data, interrupted and resumed."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+from s2_vllm.tiny import build_tiny_model, demo_paths
+
+INTERRUPT_AFTER = 15  # rows; then SIGINT, as a scheduler or Ctrl-C would
+DEMO_OUTPUTS = ("s2_final_descriptions.jsonl", "s2_final_descriptions.json")
+
+
+def _lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except OSError:
+        return 0
+
+
+def run_demo(directory: Path, *, max_tokens: int, echo: Callable[[str], None]) -> None:
+    echo("s2-vllm demo: a tiny Qwen3-style model with RANDOM weights. Its text is noise;")
+    echo("the join, prompts, checkpoint, resume and export around it are the real pipeline.\n")
+    started = time.monotonic()
+    model = build_tiny_model()
+    echo(f"model and tokenizer: {model} (built once, then cached; {time.monotonic() - started:.1f}s)")
+    directory.mkdir(parents=True, exist_ok=True)
+    audio_src, subtitles_src = demo_paths()
+    audio, subtitles = directory / audio_src.name, directory / subtitles_src.name
+    shutil.copyfile(audio_src, audio)
+    shutil.copyfile(subtitles_src, subtitles)
+    checkpoint, exported = (directory / name for name in DEMO_OUTPUTS)
+    for old in directory.glob("s2_final_descriptions.*"):  # the demo's own files from an earlier demo
+        old.unlink()
+    echo(f"inputs: {audio} and {subtitles}\n")
+
+    run = ["run", "--engine", "hf", "--model", str(model), "--audio", str(audio), "--subtitles", str(subtitles),
+           "-o", str(checkpoint), "--max-tokens", str(max_tokens), "--temperature", "0", "--batch-size", "4"]
+    echo("$ s2-vllm " + " ".join(run))
+    process = subprocess.Popen([sys.executable, "-m", "s2_vllm", *run])
+    while process.poll() is None and _lines(checkpoint) < INTERRUPT_AFTER:
+        time.sleep(0.02)
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        echo(f"\n(the demo sent SIGINT after {_lines(checkpoint)} rows, as Ctrl-C or a scheduler would)")
+    process.wait()
+    echo(f"exit code {process.returncode}\n")
+
+    _cli(echo, "status", str(checkpoint))
+    echo("\n# the same command again resumes where it stopped:")
+    _cli(echo, *run)
+    _cli(echo, "status", str(checkpoint))
+    first = orjson.loads(checkpoint.read_bytes().splitlines()[0])
+    echo("\none checkpoint row:\n" + orjson.dumps(first, option=orjson.OPT_INDENT_2).decode())
+    _cli(echo, "export", str(checkpoint), "-o", str(exported))
+    echo(f"\n{exported} is the tutorial's list of {{file_id, final_description}}. Done in "
+         f"{time.monotonic() - started:.0f}s.")
+
+
+def _cli(echo: Callable[[str], None], *args: str) -> None:
+    echo("$ s2-vllm " + " ".join(args))
+    result = subprocess.run([sys.executable, "-m", "s2_vllm", *args])
+    if result.returncode not in (0, 130):
+        raise SystemExit(result.returncode)

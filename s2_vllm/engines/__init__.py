@@ -1,0 +1,20 @@
+"""Engines turn token ids into text. `create_engine` picks one by name; imports stay lazy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from s2_vllm.config import Config
+from s2_vllm.engines.base import Completion, Engine, GenerationRequest, record_seed
+
+__all__ = ["Completion", "Engine", "GenerationRequest", "create_engine", "record_seed"]
+
+
+def create_engine(config: Config, tokenizer: Any) -> Engine:
+    if config.run.engine == "hf":
+        from s2_vllm.engines.hf import HFEngine
+
+        return HFEngine(config.engine, config.sampling, config.hf, tokenizer)
+    from s2_vllm.engines.vllm import VLLMEngine
+
+    return VLLMEngine(config.engine, config.sampling, config.run.in_flight)

@@ -1,0 +1,163 @@
+"""One run, start to end: join → select → render → checkpoint → engine → runner → summary."""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from s2_vllm.checkpoint import CheckpointStore
+from s2_vllm.config import Config
+from s2_vllm.engines import create_engine
+from s2_vllm.errors import InputError
+from s2_vllm.progress import ProgressBar, RunStats, summary_lines
+from s2_vllm.prompts import PromptBuilder, iter_prompts, load_tokenizer, resolve_max_model_len
+from s2_vllm.records import Record, join
+from s2_vllm.runner import Runner
+
+T = TypeVar("T")
+Echo = Callable[[str], None]
+
+
+@dataclass
+class RunOptions:
+    output: Path
+    overwrite: bool = False
+    retry_failed: bool = False
+    repair: bool = False
+    limit: int | None = None
+    shard: tuple[int, int] | None = None  # (index, count), index from 0
+    progress: bool = True
+
+
+class RunInterrupted(Exception):
+    """The run stopped on a signal; everything finished so far is in the checkpoint."""
+
+
+def shard_of(file_id: str, count: int) -> int:
+    """A stable shard for an id: the same on every machine and every Python."""
+    return int.from_bytes(hashlib.sha1(file_id.encode()).digest()[:8], "big") % count
+
+
+def joined_records(config: Config, echo: Echo, shard: tuple[int, int] | None = None,
+                   limit: int | None = None) -> list[Record]:
+    for spec in config.sources:
+        if not spec.path:
+            raise InputError(f"no input file for source '{spec.name}' (give --{_flag(spec.name)} or sources.{spec.name}.path)")
+    records, report = join(config.sources, config.run.on_duplicate)
+    for line in report.lines():
+        echo(line)
+    if shard is not None:
+        index, count = shard
+        records = [r for r in records if shard_of(r.file_id, count) == index]
+        echo(f"shard {index}/{count}: {len(records)} records")
+    if limit is not None:
+        records = records[:limit]
+    return records
+
+
+def _flag(source: str) -> str:
+    return {"subtitle": "subtitles", "audio": "audio"}.get(source, f"source {source}=PATH")
+
+
+def fingerprint(config: Config, tokenizer: Any) -> dict[str, Any]:
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return {**config.fingerprint(), "chat_template_sha": hashlib.sha256(str(template).encode()).hexdigest()}
+
+
+def run(config: Config, options: RunOptions, echo: Echo) -> dict[str, Any]:
+    """Run to the end (or to a signal); returns the summary. Raises RunInterrupted on a signal."""
+    config.validate()
+    records = joined_records(config, echo, options.shard, options.limit)
+    tokenizer = load_tokenizer(config)
+    builder = PromptBuilder(config, tokenizer, resolve_max_model_len(config))
+    with CheckpointStore(options.output) as store:
+        done = store.open(
+            fingerprint(config, tokenizer), overwrite=options.overwrite, retry_failed=options.retry_failed,
+            repair=options.repair,
+        )
+        if store.backup is not None:
+            echo(f"moved the old checkpoint to {store.backup}")
+        pending = [r for r in records if r.file_id not in done]
+        stats = RunStats(total=len(records), resumed=len(records) - len(pending))
+        if stats.resumed:
+            echo(f"resuming {options.output}: {stats.resumed} of {len(records)} records already done")
+        if pending:
+            _generate(config, options, store, builder, tokenizer, pending, stats)
+        summary = stats.summary(config.run.engine)
+        store.write_summary(summary)
+    for line in summary_lines(summary):
+        echo(line)
+    if stats.interrupted:
+        raise RunInterrupted(f"interrupted; {stats.resumed + stats.written} of {stats.total} records are in "
+                             f"{options.output}: run the same command to resume")
+    return summary
+
+
+def _generate(config: Config, options: RunOptions, store: CheckpointStore, builder: PromptBuilder,
+              tokenizer: Any, pending: list[Record], stats: RunStats) -> None:
+    store.write_summary(stats.summary(config.run.engine))
+    engine = create_engine(config, tokenizer)
+    stats.engine_ready = time.monotonic()
+    progress = ProgressBar(stats, enabled=options.progress)
+    try:
+        runner = Runner(engine, store, stats, seed=config.sampling.seed, thinking=config.prompt.enable_thinking,
+                        window=config.run.in_flight, progress=progress)
+        with prefetched(iter_prompts(builder, pending)) as prompts:
+            runner.run(prompts)
+    finally:
+        progress.close()
+        engine.close()
+
+
+class prefetched:
+    """Iterate `items` on a helper thread, a bounded queue ahead of the consumer.
+
+    Rendering and tokenizing the next prompts overlaps with generation; the queue
+    bound keeps memory flat however many records there are.
+    """
+
+    _END = object()
+
+    def __init__(self, items: Iterable[T], depth: int = 4096):
+        self.items = items
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._produce, name="s2-vllm-render", daemon=True)
+
+    def _produce(self) -> None:
+        try:
+            for item in self.items:
+                while not self.stop.is_set():
+                    try:
+                        self.queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self.stop.is_set():
+                    return
+            self.queue.put(self._END)
+        except BaseException as exc:  # re-raised in the consumer
+            self.queue.put(exc)
+
+    def __enter__(self) -> Iterator[Any]:
+        self.thread.start()
+        return self._consume()
+
+    def _consume(self) -> Iterator[Any]:
+        while True:
+            item = self.queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)

@@ -1,0 +1,91 @@
+"""Counting what a run did: the progress bar while it runs, the summary after."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from s2_vllm.checkpoint import Row
+
+
+@dataclass
+class RunStats:
+    total: int  # joined records in scope for this run, done before or not
+    resumed: int  # rows already in the checkpoint at the start
+    statuses: Counter[str] = field(default_factory=Counter)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    started: float = field(default_factory=time.monotonic)
+    engine_ready: float | None = None  # when the model had loaded: throughput counts from here
+    interrupted: bool = False
+
+    def add(self, row: Row) -> None:
+        self.statuses[row.status] += 1
+        self.prompt_tokens += row.prompt_tokens or 0
+        self.completion_tokens += row.completion_tokens or 0
+
+    @property
+    def written(self) -> int:
+        return sum(self.statuses.values())
+
+    def generation_seconds(self) -> float:
+        return time.monotonic() - (self.engine_ready or self.started)
+
+    def summary(self, engine: str) -> dict[str, Any]:
+        seconds = self.generation_seconds()
+        rate = (lambda n: round(n / seconds, 1) if seconds > 0 else 0.0)
+        return {
+            "engine": engine,
+            "total": self.total,
+            "resumed": self.resumed,
+            "written": self.written,
+            "remaining": max(0, self.total - self.resumed - self.written),
+            "statuses": dict(self.statuses),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "wall_seconds": round(time.monotonic() - self.started, 2),
+            "generation_seconds": round(seconds, 2),
+            "records_per_second": rate(self.written),
+            "prompt_tokens_per_second": rate(self.prompt_tokens),
+            "output_tokens_per_second": rate(self.completion_tokens),
+            "interrupted": self.interrupted,
+        }
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    statuses = ", ".join(f"{k} {v}" for k, v in sorted(summary["statuses"].items())) or "none"
+    return [
+        f"wrote {summary['written']} rows ({statuses}); {summary['resumed']} were already done, "
+        f"{summary['remaining']} remain",
+        f"tokens: {summary['prompt_tokens']} prompt, {summary['completion_tokens']} output in "
+        f"{summary['generation_seconds']:.1f}s: {summary['prompt_tokens_per_second']:.1f} prompt tok/s, "
+        f"{summary['output_tokens_per_second']:.1f} output tok/s, {summary['records_per_second']:.2f} records/s",
+    ]
+
+
+class ProgressBar:
+    """tqdm over every record in scope; rows found at start count as done."""
+
+    def __init__(self, stats: RunStats, enabled: bool = True):
+        from tqdm import tqdm
+
+        self.stats = stats
+        self.bar = tqdm(
+            total=stats.total, initial=stats.resumed, unit="rec", disable=not enabled, dynamic_ncols=True,
+            smoothing=0.1,
+        )
+        self.last = 0.0
+
+    def update(self, row: Row) -> None:
+        self.bar.update(1)
+        now = time.monotonic()
+        if now - self.last > 0.5:
+            self.last = now
+            seconds = self.stats.generation_seconds()
+            if seconds > 0:
+                self.bar.set_postfix_str(f"{self.stats.completion_tokens / seconds:.1f} out tok/s", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,157 @@
+"""Records → chat messages → the model's chat template → token ids, checked against the context.
+
+Prompts are rendered and tokenized here, ahead of the engine, so an engine only ever sees
+token ids. The chat template is applied once per run to learn the text around the user
+message, then each record is a string join plus a batched call of the fast tokenizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from s2_vllm.config import Config, SourceSpec
+from s2_vllm.errors import ConfigError, one_line
+from s2_vllm.records import Record
+from s2_vllm.template import PromptTemplate
+
+_MARK = "\x00S2_VLLM_USER_CONTENT\x00"
+_TRUNCATE_ROUNDS = 4
+
+
+@dataclass(frozen=True)
+class Prompt:
+    file_id: str
+    text: str | None
+    token_ids: list[int] | None  # None: not sent to the model (see skip_reason / error)
+    truncated: tuple[str, ...] = ()
+    skip_reason: str | None = None
+    error: str | None = None
+
+    @property
+    def sha(self) -> str | None:
+        return None if self.text is None else hashlib.sha256(self.text.encode()).hexdigest()[:16]
+
+
+def load_tokenizer(config: Config) -> Any:
+    """The tokenizer named by [engine] tokenizer (or model): a hub id or a local folder."""
+    from transformers import AutoTokenizer
+
+    e = config.engine
+    name = e.tokenizer or e.model
+    try:
+        return AutoTokenizer.from_pretrained(name, revision=e.revision, trust_remote_code=e.trust_remote_code)
+    except Exception as exc:  # transformers raises OSError, ValueError, HF hub errors…
+        raise ConfigError(f"cannot load the tokenizer '{name}': {one_line(exc)}") from exc
+
+
+def resolve_max_model_len(config: Config) -> int | None:
+    """[engine] max_model_len, else the model config's max_position_embeddings."""
+    if config.engine.max_model_len:
+        return config.engine.max_model_len
+    from transformers import AutoConfig
+
+    e = config.engine
+    try:
+        model_config = AutoConfig.from_pretrained(e.model, revision=e.revision, trust_remote_code=e.trust_remote_code)
+    except Exception:
+        return None
+    return getattr(model_config, "max_position_embeddings", None)
+
+
+class PromptBuilder:
+    def __init__(self, config: Config, tokenizer: Any, max_model_len: int | None):
+        self.tokenizer = tokenizer
+        self.template: PromptTemplate = config.template()
+        self.sources: list[SourceSpec] = config.sources
+        self.system = config.prompt.system
+        self.enable_thinking = config.prompt.enable_thinking
+        self.too_long = config.prompt.too_long
+        max_tokens = config.sampling.max_tokens
+        if max_model_len is not None and max_tokens >= max_model_len:
+            raise ConfigError(
+                f"sampling.max_tokens ({max_tokens}) leaves no room for a prompt in max_model_len ({max_model_len})"
+            )
+        self.budget = None if max_model_len is None else max_model_len - max_tokens
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ConfigError("the tokenizer has no chat template; use an instruct/chat model")
+        self.prefix, self.suffix = self._split_chat_template()
+
+    def chat(self, content: str) -> str:
+        messages = [{"role": "user", "content": content}]
+        if self.system:
+            messages.insert(0, {"role": "system", "content": self.system})
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, enable_thinking=self.enable_thinking
+        )
+
+    def _split_chat_template(self) -> tuple[str, str] | tuple[None, None]:
+        """Text before and after the user message, when the template copies it verbatim."""
+        rendered = self.chat(_MARK)
+        if rendered.count(_MARK) != 1:
+            return None, None
+        prefix, suffix = rendered.split(_MARK)
+        probe = "A probe {x} with  spaces\n"
+        if self.chat(probe) != prefix + probe + suffix:
+            return None, None
+        return prefix, suffix
+
+    def chat_text(self, record: Record) -> str:
+        content = self.template.render({s.placeholder: record.texts[s.name] for s in self.sources})
+        if self.prefix is not None:
+            return self.prefix + content + self.suffix
+        return self.chat(content)
+
+    def build(self, records: list[Record]) -> list[Prompt]:
+        """Render, tokenize (one batched call) and length-check a chunk of records."""
+        live = [r for r in records if r.skip_reason is None]
+        texts = [self.chat_text(r) for r in live]
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        by_id = {r.file_id: (t, ids) for r, t, ids in zip(live, texts, encoded)}
+        prompts = []
+        for record in records:
+            if record.skip_reason is not None:
+                prompts.append(Prompt(record.file_id, None, None, skip_reason=record.skip_reason))
+                continue
+            text, ids = by_id[record.file_id]
+            if self.budget is not None and len(ids) > self.budget:
+                prompts.append(self._fit(record, len(ids)))
+            else:
+                prompts.append(Prompt(record.file_id, text, list(ids)))
+        return prompts
+
+    def _fit(self, record: Record, length: int) -> Prompt:
+        """Cut the longest clue text until the prompt fits; the template stays whole."""
+        assert self.budget is not None
+        if self.too_long == "error":
+            return Prompt(record.file_id, None, None, error=f"prompt has {length} tokens; the limit is {self.budget}")
+        texts = dict(record.texts)
+        cut: list[str] = []
+        for _ in range(_TRUNCATE_ROUNDS):
+            name = max(texts, key=lambda n: len(texts[n]))
+            pieces = self.tokenizer(texts[name], add_special_tokens=False)["input_ids"]
+            keep = max(0, len(pieces) - (length - self.budget) - 4)
+            texts[name] = self.tokenizer.decode(pieces[:keep])
+            if name not in cut:
+                cut.append(name)
+            text = self.chat_text(Record(record.file_id, texts))
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            length = len(ids)
+            if length <= self.budget:
+                return Prompt(record.file_id, text, list(ids), truncated=tuple(cut))
+        return Prompt(
+            record.file_id, None, None, error=f"prompt still has {length} tokens after truncation; the limit is {self.budget}"
+        )
+
+
+def iter_prompts(builder: PromptBuilder, records: Iterable[Record], chunk: int = 256) -> Iterator[Prompt]:
+    batch: list[Record] = []
+    for record in records:
+        batch.append(record)
+        if len(batch) == chunk:
+            yield from builder.build(batch)
+            batch = []
+    if batch:
+        yield from builder.build(batch)
