@@ -57,8 +57,9 @@ def run_demo(directory: Path, *, max_tokens: int, echo: Callable[[str], None]) -
     echo("\n# the same command again resumes where it stopped:")
     _cli(echo, *run)
     _cli(echo, "status", str(checkpoint))
-    first = orjson.loads(checkpoint.read_bytes().splitlines()[0])
-    echo("\none checkpoint row:\n" + orjson.dumps(first, option=orjson.OPT_INDENT_2).decode())
+    rows = [orjson.loads(line) for line in checkpoint.read_bytes().splitlines()]
+    example = next((r for r in rows if r["status"] == "ok"), rows[0])
+    echo("\none checkpoint row (noise from random weights):\n" + orjson.dumps(example, option=orjson.OPT_INDENT_2).decode())
     _cli(echo, "export", str(checkpoint), "-o", str(exported))
     echo(f"\n{exported} is the tutorial's list of {{file_id, final_description}}. Done in "
          f"{time.monotonic() - started:.0f}s.")

@@ -23,6 +23,9 @@ class HFEngine:
     def __init__(self, engine: EngineConfig, sampling: SamplingConfig, hf: HFConfig, tokenizer: Any):
         import torch
         from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own bar is the one that matters
 
         self.torch = torch
         self.sampling = sampling

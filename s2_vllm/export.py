@@ -1,0 +1,119 @@
+"""Turn checkpoints into the files people use: the tutorial's JSON list, JSONL or CSV.
+
+`merge_rows` reads one or more checkpoints (the shards of one run), refuses to mix
+configs and keeps the last row for an id; `export` writes the rows atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from s2_vllm.checkpoint import ROW_FIELDS, Row, atomic_write, describe_changes, iter_rows, read_manifest
+from s2_vllm.errors import CheckpointError, UserError
+
+FORMATS = ("json", "jsonl", "csv")
+
+
+def _write_json(rows: Iterable[Row], f: IO[bytes], statuses: tuple[str, ...]) -> int:
+    """A JSON list of {file_id, final_description}, the same bytes as json.dumps(indent=2, ensure_ascii=False)."""
+    n = 0
+    for row in rows:
+        if row.status in statuses:
+            item = orjson.dumps({"file_id": row.file_id, "final_description": row.final_description},
+                               option=orjson.OPT_INDENT_2)
+            f.write((b",\n  " if n else b"[\n  ") + item.replace(b"\n", b"\n  "))  # newlines in text are escaped
+            n += 1
+    f.write(b"\n]\n" if n else b"[]\n")
+    return n
+
+
+def _write_jsonl(rows: Iterable[Row], f: IO[bytes]) -> int:
+    n = 0
+    for row in rows:
+        f.write(row.to_line())
+        n += 1
+    return n
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    return orjson.dumps(value).decode() if isinstance(value, list) else value
+
+
+def _write_csv(rows: Iterable[Row], f: IO[bytes]) -> int:
+    text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+    writer = csv.writer(text)
+    writer.writerow(ROW_FIELDS)
+    n = 0
+    for row in rows:
+        writer.writerow([_cell(getattr(row, name)) for name in ROW_FIELDS])
+        n += 1
+    text.flush()
+    text.detach()  # leave the binary file open for atomic_write's fsync
+    return n
+
+
+def export(rows: Iterable[Row], out: Path, fmt: str, *, force: bool = False, include_failed: bool = False) -> int:
+    """Write `rows` to `out` atomically in checkpoint order; returns how many were written.
+
+    json: the tutorial's list of {file_id, final_description}, status "ok" rows only
+    (`include_failed` adds "length" rows: cut-off text is still text). jsonl, csv: every row.
+    """
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format '{fmt}'; use one of {', '.join(FORMATS)}")
+    out = Path(out)
+    if out.exists() and not force:
+        raise CheckpointError(f"{out} exists; use --force to replace it")
+    if not out.parent.is_dir():
+        raise CheckpointError(f"folder {out.parent} does not exist; create it or choose another output")
+    statuses = ("ok", "length") if include_failed else ("ok",)
+    count = 0
+
+    def write(f: IO[bytes]) -> None:
+        nonlocal count
+        if fmt == "json":
+            count = _write_json(rows, f, statuses)
+        else:
+            count = (_write_jsonl if fmt == "jsonl" else _write_csv)(rows, f)
+
+    try:
+        atomic_write(out, write)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return count
+
+
+def merge_rows(paths: list[Path]) -> tuple[list[Row], dict[str, int]]:
+    """The rows of several checkpoints of one run, in file order; for an id seen twice the last row is kept.
+
+    Returns (rows, {"duplicates": ids found in more than one file, "files": number of files}).
+    Refuses checkpoints written with different configs.
+    """
+    first: tuple[Path, dict] | None = None
+    for path in map(Path, paths):
+        manifest = read_manifest(path)
+        if manifest is None:
+            continue  # nothing to compare; its rows are still worth exporting
+        if first is None:
+            first = (path, manifest["fingerprint"])
+        elif changes := describe_changes(first[1], manifest["fingerprint"]):
+            raise CheckpointError(
+                f"{first[0]} and {path} were written with different configs (changed: {changes}); "
+                "merge only the checkpoints of one run"
+            )
+    rows: dict[str, Row] = {}
+    owner: dict[str, int] = {}
+    shared: set[str] = set()
+    for index, path in enumerate(paths):
+        for row in iter_rows(path):
+            if owner.setdefault(row.file_id, index) != index:
+                shared.add(row.file_id)
+            rows[row.file_id] = row  # a dict keeps the first position and takes the last row
+    return list(rows.values()), {"duplicates": len(shared), "files": len(paths)}

@@ -1,0 +1,114 @@
+"""The feeding loop against an engine double that finishes requests out of order."""
+
+import os
+import signal
+
+from s2_vllm.engines.base import Completion, record_seed
+from s2_vllm.progress import RunStats
+from s2_vllm.prompts import Prompt
+from s2_vllm.runner import Runner
+
+
+class ShuffledEngine:
+    """Finishes the newest request first, two per step; refuses ids in `refuse`."""
+
+    name = "shuffled"
+
+    def __init__(self, capacity=4, refuse=(), on_step=None):
+        self._capacity = capacity
+        self.refuse = set(refuse)
+        self.queue = []
+        self.max_seen = 0
+        self.aborted = False
+        self.on_step = on_step
+        self.steps = 0
+
+    def capacity(self):
+        return self._capacity
+
+    def add(self, request):
+        if request.key in self.refuse:
+            raise ValueError(f"bad request {request.key}\nsecond line")
+        self.queue.append(request)
+        self.max_seen = max(self.max_seen, len(self.queue))
+
+    def step(self):
+        self.steps += 1
+        if self.on_step:
+            self.on_step(self)
+        done, self.queue = self.queue[-2:][::-1], self.queue[:-2]
+        return [Completion(r.key, f"text of {r.key} seed {r.seed}", "stop", len(r.prompt_token_ids), 3)
+                for r in done]
+
+    def has_unfinished(self):
+        return bool(self.queue)
+
+    def abort(self):
+        self.aborted = True
+        self.queue.clear()
+
+    def close(self):
+        pass
+
+
+class ListSink:
+    def __init__(self):
+        self.rows = []
+        self.summaries = []
+
+    def append(self, row):
+        self.rows.append(row)
+
+    def write_summary(self, summary):
+        self.summaries.append(summary)
+
+
+def prompts(n):
+    return [Prompt(f"id{i}", f"prompt {i}", [1] * (i + 1)) for i in range(n)]
+
+
+def test_every_prompt_written_once_and_window_respected():
+    engine, sink = ShuffledEngine(capacity=3), ListSink()
+    stats = Runner(engine, sink, RunStats(total=10, resumed=0), seed=7, thinking=False).run(prompts(10))
+    assert sorted(r.file_id for r in sink.rows) == sorted(f"id{i}" for i in range(10))
+    assert [r.file_id for r in sink.rows][:2] == ["id2", "id1"]  # finished out of order, written as they came
+    assert engine.max_seen == 3
+    row = next(r for r in sink.rows if r.file_id == "id4")
+    assert row.final_description == f"text of id4 seed {record_seed(7, 'id4')}"
+    assert (row.status, row.prompt_tokens, row.completion_tokens) == ("ok", 5, 3)
+    assert stats.statuses == {"ok": 10} and stats.completion_tokens == 30
+
+
+def test_a_refused_request_is_an_error_row_and_the_rest_go_on():
+    engine, sink = ShuffledEngine(refuse={"id3"}), ListSink()
+    Runner(engine, sink, RunStats(total=6, resumed=0), seed=0, thinking=False).run(prompts(6))
+    by_id = {r.file_id: r for r in sink.rows}
+    assert len(sink.rows) == 6
+    assert by_id["id3"].status == "error"
+    assert by_id["id3"].error == "engine refused the request: bad request id3"
+    assert all(r.status == "ok" for k, r in by_id.items() if k != "id3")
+
+
+def test_skipped_and_too_long_prompts_never_reach_the_engine():
+    engine, sink = ShuffledEngine(), ListSink()
+    items = [Prompt("a", None, None, skip_reason="empty text in subtitle"),
+             Prompt("b", None, None, error="prompt has 99 tokens; the limit is 10"),
+             Prompt("c", "x", [1, 2])]
+    Runner(engine, sink, RunStats(total=3, resumed=0), seed=0, thinking=False).run(items)
+    rows = {r.file_id: (r.status, r.error) for r in sink.rows}
+    assert rows == {"a": ("skipped", "empty text in subtitle"),
+                    "b": ("error", "prompt has 99 tokens; the limit is 10"), "c": ("ok", None)}
+    assert engine.steps == 1
+
+
+def test_sigterm_stops_feeding_aborts_in_flight_and_keeps_written_rows():
+    def kill_on_third_step(engine):
+        if engine.steps == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    engine, sink = ShuffledEngine(capacity=4, on_step=kill_on_third_step), ListSink()
+    stats = Runner(engine, sink, RunStats(total=20, resumed=0), seed=0, thinking=False).run(prompts(20))
+    assert stats.interrupted and engine.aborted
+    assert len(sink.rows) == 4  # two steps' worth; the third step's results were dropped
+    assert len({r.file_id for r in sink.rows}) == 4
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
