@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from s2_vllm.checkpoint import CheckpointStore
+from s2_vllm.checkpoint import CheckpointStore, Row
 from s2_vllm.config import Config
 from s2_vllm.engines import create_engine
 from s2_vllm.errors import InputError
@@ -22,6 +22,7 @@ from s2_vllm.runner import Runner
 
 T = TypeVar("T")
 Echo = Callable[[str], None]
+Postprocess = Callable[[Row], Row]
 
 
 @dataclass
@@ -70,10 +71,16 @@ def fingerprint(config: Config, tokenizer: Any) -> dict[str, Any]:
     return {**config.fingerprint(), "chat_template_sha": hashlib.sha256(str(template).encode()).hexdigest()}
 
 
-def run(config: Config, options: RunOptions, echo: Echo) -> dict[str, Any]:
-    """Run to the end (or to a signal); returns the summary. Raises RunInterrupted on a signal."""
+def run(config: Config, options: RunOptions, echo: Echo, *, records: list[Record] | None = None,
+        postprocess: Postprocess | None = None) -> dict[str, Any]:
+    """Run to the end (or to a signal); returns the summary. Raises RunInterrupted on a signal.
+
+    By default the records are the join of the config's sources; a later stage (label
+    extraction) passes its own records and a `postprocess` that adds to each row.
+    """
     config.validate()
-    records = joined_records(config, echo, options.shard, options.limit)
+    if records is None:
+        records = joined_records(config, echo, options.shard, options.limit)
     tokenizer = load_tokenizer(config)
     builder = PromptBuilder(config, tokenizer, resolve_max_model_len(config))
     with CheckpointStore(options.output) as store:
@@ -88,7 +95,7 @@ def run(config: Config, options: RunOptions, echo: Echo) -> dict[str, Any]:
         if stats.resumed:
             echo(f"resuming {options.output}: {stats.resumed} of {len(records)} records already done")
         if pending:
-            _generate(config, options, store, builder, tokenizer, pending, stats)
+            _generate(config, options, store, builder, tokenizer, pending, stats, postprocess)
         summary = stats.summary(config.run.engine)
         store.write_summary(summary)
     for line in summary_lines(summary):
@@ -100,14 +107,14 @@ def run(config: Config, options: RunOptions, echo: Echo) -> dict[str, Any]:
 
 
 def _generate(config: Config, options: RunOptions, store: CheckpointStore, builder: PromptBuilder,
-              tokenizer: Any, pending: list[Record], stats: RunStats) -> None:
+              tokenizer: Any, pending: list[Record], stats: RunStats, postprocess: Postprocess | None) -> None:
     store.write_summary(stats.summary(config.run.engine))
     engine = create_engine(config, tokenizer)
     stats.engine_ready = time.monotonic()
     progress = ProgressBar(stats, enabled=options.progress)
     try:
         runner = Runner(engine, store, stats, seed=config.sampling.seed, thinking=config.prompt.enable_thinking,
-                        window=config.run.in_flight, progress=progress)
+                        window=config.run.in_flight, progress=progress, postprocess=postprocess)
         with prefetched(iter_prompts(builder, pending)) as prompts:
             runner.run(prompts)
     finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -35,7 +35,8 @@ class Runner:
     SUMMARY_EVERY = 15.0  # seconds between summary snapshots, for `status` during a run
 
     def __init__(self, engine: Engine, sink: RowSink, stats: RunStats, *, seed: int, thinking: bool,
-                 window: int | None = None, progress: ProgressBar | None = None):
+                 window: int | None = None, progress: ProgressBar | None = None,
+                 postprocess: Callable[[Row], Row] | None = None):
         self.engine = engine
         self.sink = sink
         self.stats = stats
@@ -43,6 +44,7 @@ class Runner:
         self.thinking = thinking
         self.window = window or engine.capacity()
         self.progress = progress
+        self.postprocess = postprocess
         self.in_flight: dict[str, Prompt] = {}
         self.stopping = threading.Event()
         self.in_step = False
@@ -68,7 +70,8 @@ class Runner:
                         self.in_step = False
                     for completion in completions:
                         prompt = self.in_flight.pop(completion.key)
-                        self._write(row_for_completion(prompt, completion, self.thinking))
+                        row = row_for_completion(prompt, completion, self.thinking)
+                        self._write(self.postprocess(row) if self.postprocess else row)
                     if time.monotonic() - last_summary > self.SUMMARY_EVERY:
                         last_summary = time.monotonic()
                         self.sink.write_summary(self.stats.summary(self.engine.name))
