@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from s2_vllm.checkpoint import CheckpointStore, Row
 from s2_vllm.config import Config
-from s2_vllm.engines import create_engine
+from s2_vllm.engines import check_engine_config, create_engine
 from s2_vllm.errors import InputError
 from s2_vllm.progress import ProgressBar, RunStats, summary_lines
 from s2_vllm.prompts import PromptBuilder, iter_prompts, load_tokenizer, resolve_max_model_len
@@ -79,6 +79,7 @@ def run(config: Config, options: RunOptions, echo: Echo, *, records: list[Record
     extraction) passes its own records and a `postprocess` that adds to each row.
     """
     config.validate()
+    check_engine_config(config)
     if records is None:
         records = joined_records(config, echo, options.shard, options.limit)
     tokenizer = load_tokenizer(config)

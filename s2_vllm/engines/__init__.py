@@ -7,7 +7,16 @@ from typing import Any
 from s2_vllm.config import Config
 from s2_vllm.engines.base import Completion, Engine, GenerationRequest, record_seed
 
-__all__ = ["Completion", "Engine", "GenerationRequest", "create_engine", "record_seed"]
+__all__ = ["Completion", "Engine", "GenerationRequest", "check_engine_config", "create_engine", "record_seed"]
+
+
+def check_engine_config(config: Config) -> None:
+    """Reject engine and sampling settings the chosen engine would refuse, before anything loads."""
+    if config.run.engine == "vllm":
+        from s2_vllm.engines.vllm import engine_kwargs, sampling_params
+
+        engine_kwargs(config.engine)
+        sampling_params(config.sampling, 0)
 
 
 def create_engine(config: Config, tokenizer: Any) -> Engine:

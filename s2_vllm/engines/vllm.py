@@ -181,7 +181,8 @@ class VLLMEngine:
             self._llm = factory(**kwargs)
             self._engine = self._llm.llm_engine
         except Exception as exc:
-            raise EngineError(f"vLLM engine failed to start ({engine.model}): {_cause(exc)}") from exc
+            hint = "" if llm_factory is not None or _cuda_available() else "no CUDA GPU is visible (on CPU use --engine hf); "
+            raise EngineError(f"vLLM engine failed to start ({engine.model}): {hint}{_cause(exc)}") from exc
         self._in_flight: dict[str, int] = {}  # key -> prompt length, for requests added and unfinished
         max_num_seqs = engine.max_num_seqs or _engine_max_num_seqs(self._engine) or DEFAULT_MAX_NUM_SEQS
         self._capacity = in_flight if in_flight is not None else 2 * max_num_seqs
@@ -263,6 +264,12 @@ class VLLMEngine:
         if reason is not None:
             return Completion(key, text, reason, prompt_tokens, n)
         return Completion(key, text, "error", prompt_tokens, n, f"vLLM finished the request with reason '{first.finish_reason}'")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _engine_max_num_seqs(llm_engine: Any) -> int | None:
