@@ -47,6 +47,7 @@ class Row:
     error: str | None = None
     prompt_sha: str | None = None
     truncated: list[str] | None = None  # sources whose text was cut to fit the context
+    labels: list[str] | None = None  # extract-labels: emotion labels parsed from final_description
 
     def to_line(self) -> bytes:
         """One JSON line ending in b"\\n", keys in field order."""
@@ -364,7 +365,9 @@ class CheckpointStore:
         try:
             atomic_write(self.summary_path, data)
         except OSError as exc:
-            raise CheckpointError(f"cannot write {self.summary_path}: {exc.strerror}") from None
+            what = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+            raise CheckpointError(f"cannot write {self.summary_path}: {exc.strerror or exc}; the checkpoint is "
+                                  f"intact, {what} and run the same command to resume") from None
 
     def close(self) -> None:
         """fsync and release the lock; idempotent. The lock file stays (removing it would race)."""

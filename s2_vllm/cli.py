@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import statistics
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,20 @@ class Stopped(Failure):
         click.echo(self.format_message(), err=True)
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt like Ctrl-C, so both stop a command the same way (exit 130)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class Group(click.Group):
     """Turns our exceptions into one-line messages and exit codes; --debug keeps tracebacks."""
 
@@ -37,9 +54,12 @@ class Group(click.Group):
 
         debug = bool(ctx.params.get("debug")) or bool(os.environ.get(DEBUG_ENV))
         try:
-            return super().invoke(ctx)
+            with _sigterm_as_interrupt():
+                return super().invoke(ctx)
         except RunInterrupted as exc:
             raise Stopped(str(exc), 130) from None
+        except KeyboardInterrupt:  # Ctrl-C/SIGTERM outside the runner's loop (imports, model loading)
+            raise Stopped("interrupted; run the same command to resume", 130) from None
         except (UserError, EngineError) as exc:
             if debug:
                 raise
@@ -122,13 +142,17 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
 @click.option("--batch-size", type=click.IntRange(min=1), help="Batch size of the hf engine.")
 @click.option("--in-flight", type=click.IntRange(min=1), help="Requests kept in the engine at once.")
 @click.option("--shard", help="Run only shard I of N (0-based, stable hash of file_id), e.g. 0/4.")
+@click.option("--replicas", type=click.IntRange(min=1),
+              help="Engine replicas (data parallel), each with tensor x pipeline parallel GPUs.")
+@click.option("--ray-address", help="Run the replicas as Ray actors: auto, HOST:PORT, or local.")
 @click.option("--overwrite", is_flag=True, help="Start over when the checkpoint has another config (keeps a backup).")
 @click.option("--retry-failed", is_flag=True, help="Run again the records whose row is error or length.")
 @click.option("--repair", is_flag=True, help="Move damaged checkpoint lines to .rejected and redo them.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def run(output: str | None, engine: str | None, temperature: float | None, top_p: float | None, top_k: int | None,
-        seed: int | None, batch_size: int | None, in_flight: int | None, shard: str | None, overwrite: bool,
-        retry_failed: bool, repair: bool, no_progress: bool, **params: Any) -> None:
+        seed: int | None, batch_size: int | None, in_flight: int | None, shard: str | None, replicas: int | None,
+        ray_address: str | None, overwrite: bool, retry_failed: bool, repair: bool, no_progress: bool,
+        **params: Any) -> None:
     """Fuse every joined record and append each result to a resumable JSONL checkpoint.
 
     Run the same command again after an interruption: finished records are skipped.
@@ -138,6 +162,8 @@ def run(output: str | None, engine: str | None, temperature: float | None, top_p
         s2-vllm run --audio audio.json --subtitles subtitles.json
         s2-vllm run --config configs/qwen3-8b-thinking.toml --audio a.json --subtitles s.json -o out.jsonl
         s2-vllm run --engine hf --model ./my-model --audio a.json --subtitles s.json --limit 10
+        s2-vllm run --replicas 8 --audio a.json --subtitles s.json            # 8 GPUs, one replica each
+        s2-vllm run --ray-address auto --replicas 16 --audio a.json --subtitles s.json
     """
     from s2_vllm.pipeline import RunOptions
     from s2_vllm.pipeline import run as run_pipeline
@@ -147,6 +173,7 @@ def run(output: str | None, engine: str | None, temperature: float | None, top_p
     apply_overrides(config, "sampling", temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
     apply_overrides(config, "run", engine=engine, in_flight=in_flight)
     apply_overrides(config, "hf", batch_size=batch_size)
+    apply_overrides(config, "parallel", replicas=replicas, ray_address=ray_address)
     shard_spec = parse_shard(shard)
     if output is None:
         output = config.run.output
@@ -240,6 +267,83 @@ def demo(directory: str, max_tokens: int) -> None:
     from s2_vllm.demo import run_demo
 
     run_demo(Path(directory), max_tokens=max_tokens, echo=click.echo)
+
+
+@cli.command("extract-labels")
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="emotion_labels.jsonl", show_default=True,
+              help="Labels checkpoint JSONL (resumable, like run's).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML config ([engine], [hf], [sampling]); a [prompt] template with {description} "
+                   "replaces the built-in label prompt.")
+@click.option("--model", help="Model: a Hugging Face id or a local folder.")
+@click.option("--engine", type=click.Choice(["vllm", "hf"]), help="vllm (GPU, default) or hf (transformers).")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0 means greedy.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Batch size of the hf engine.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N descriptions.")
+@click.option("--overwrite", is_flag=True, help="Start over when the checkpoint has another config (keeps a backup).")
+@click.option("--retry-failed", is_flag=True, help="Run again the records whose row is error or length.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def extract_labels(checkpoints: tuple[str, ...], output: str, config_path: str | None, model: str | None,
+                   engine: str | None, max_tokens: int, temperature: float, batch_size: int | None,
+                   limit: int | None, overwrite: bool, retry_failed: bool, no_progress: bool) -> None:
+    """List the emotion labels each fused description supports (OV-MER), resumable like run.
+
+    Reads the ok rows of fusion checkpoints (shards are merged); each row of the output keeps the
+    model's answer in final_description and the parsed, lower-cased labels in labels.
+
+    \b
+    Examples:
+        s2-vllm extract-labels s2_final_descriptions.jsonl -o emotion_labels.jsonl
+        s2-vllm extract-labels 'out.shard-*.jsonl' --config configs/qwen3-8b.toml
+    """
+    from s2_vllm.labels import extract_labels as run_stage
+    from s2_vllm.pipeline import RunOptions
+
+    config = load_config(config_path)
+    apply_overrides(config, "engine", model=model)
+    apply_overrides(config, "sampling", max_tokens=max_tokens, temperature=temperature)
+    apply_overrides(config, "run", engine=engine)
+    apply_overrides(config, "hf", batch_size=batch_size)
+    options = RunOptions(Path(output), overwrite=overwrite, retry_failed=retry_failed, limit=limit,
+                         progress=not no_progress)
+    summary = run_stage(config, options, expand(checkpoints), click.echo)
+    failed = summary["statuses"].get("error", 0) + summary["statuses"].get("length", 0)
+    if failed:
+        click.echo(f"{failed} records failed or were cut at max_tokens: see `s2-vllm status {output}`")
+
+
+@cli.command()
+@click.argument("labels", type=click.Path(dir_okay=False))
+@click.option("--gold", type=click.Path(dir_okay=False), required=True, help="Gold CSV, e.g. track2_train_ovmerd.csv.")
+@click.option("--gold-id-key", default="name", show_default=True, help="Gold column with the sample id.")
+@click.option("--gold-key", default="openset", show_default=True, help="Gold column with the label list.")
+@click.option("--synonyms", type=click.Path(dir_okay=False), help="Map label -> group: JSON object or CSV label,group.")
+@click.option("--scores", type=click.Path(dir_okay=False), help="Per-sample CSV. [default: LABELS.scores.csv]")
+@click.option("--force", is_flag=True, help="Replace the scores file if it exists.")
+def evaluate(labels: str, gold: str, gold_id_key: str, gold_key: str, synonyms: str | None, scores: str | None,
+             force: bool) -> None:
+    """Score extracted labels against gold label sets: set-level precision, recall and F (OV-MER).
+
+    Per sample with a non-empty gold set G and predicted set P: precision |G∩P|/|P| (0 when P is
+    empty), recall |G∩P|/|G|; both averaged over samples, F = 2PR/(P+R).
+
+    \b
+    Example:
+        s2-vllm evaluate emotion_labels.jsonl --gold track2_train_ovmerd.csv --synonyms groups.json
+    """
+    from s2_vllm.evaluate import evaluate as score, read_gold, read_predictions, read_synonyms, report_lines
+    from s2_vllm.evaluate import write_scores
+
+    predicted, failed = read_predictions(Path(labels))
+    result = score(read_gold(Path(gold), gold_id_key, gold_key), predicted,
+                   read_synonyms(Path(synonyms)) if synonyms else None)
+    out = Path(scores or f"{labels}.scores.csv")
+    write_scores(result, out, force=force)
+    for line in report_lines(result, failed):
+        click.echo(line)
+    click.echo(f"per-sample scores: {out}")
 
 
 def expand(patterns: tuple[str, ...]) -> list[Path]:

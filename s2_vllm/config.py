@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,15 @@ class RunConfig:
     in_flight: int | None = None  # requests kept in the engine; None = the engine's choice
 
 
+@dataclass
+class ParallelConfig:
+    """Data parallelism: engine replicas on this node (processes) or on a Ray cluster (actors)."""
+
+    replicas: int = 1  # engine workers, each with tensor_parallel_size x pipeline_parallel_size GPUs
+    ray_address: str | None = None  # auto | HOST:PORT | ray://HOST:PORT | local; None = no Ray
+    max_attempts: int = 2  # a record whose replica died this many times becomes an error row
+
+
 def default_sources() -> list[SourceSpec]:
     return [
         SourceSpec("subtitle", "subtitle", "file_id", "english_transcription"),
@@ -117,6 +127,7 @@ class Config:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     hf: HFConfig = field(default_factory=HFConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def source(self, name: str) -> SourceSpec:
         for spec in self.sources:
@@ -155,6 +166,16 @@ class Config:
             raise ConfigError("sampling.top_p must be in (0, 1]")
         if self.hf.batch_size < 1:
             raise ConfigError("hf.batch_size must be at least 1")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(self.hf.device)):
+            raise ConfigError(f"hf.device must be auto, cpu, cuda or cuda:N, not '{self.hf.device}'")
+        if self.engine.max_model_len is not None and self.engine.max_model_len < 1:
+            raise ConfigError("engine.max_model_len must be at least 1")
+        if self.parallel.replicas < 1:
+            raise ConfigError("parallel.replicas must be at least 1")
+        if self.parallel.max_attempts < 1:
+            raise ConfigError("parallel.max_attempts must be at least 1")
+        if self.parallel.ray_address is not None and not isinstance(self.parallel.ray_address, str):
+            raise ConfigError("parallel.ray_address must be a string: auto, HOST:PORT or local")
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that changes a result row; speed knobs are left out on purpose."""
@@ -175,6 +196,9 @@ class Config:
                 {"name": s.name, "placeholder": s.placeholder, "id_key": s.id_key, "text_key": s.text_key}
                 for s in self.sources
             ],
+            # These change the numbers too (an fp8 KV cache, dummy weights); they are only present when
+            # set, so checkpoints written before they were fingerprinted still resume.
+            **{name: value for name in ("kv_cache_dtype", "load_format") if (value := getattr(e, name)) is not None},
         }
 
 
@@ -183,7 +207,8 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not '{value}'")
 
 
-_TABLES = {"engine": EngineConfig, "prompt": PromptConfig, "sampling": SamplingConfig, "hf": HFConfig, "run": RunConfig}
+_TABLES = {"engine": EngineConfig, "prompt": PromptConfig, "sampling": SamplingConfig, "hf": HFConfig, "run": RunConfig,
+           "parallel": ParallelConfig}
 _SOURCE_KEYS = {f.name for f in dataclasses.fields(SourceSpec)} - {"name"}
 
 
@@ -207,6 +232,8 @@ def _typed(table: str, cls: type, values: dict[str, Any]) -> Any:
                 raise ConfigError(
                     f"{table}.{key} must be {type(default).__name__}, not {type(value).__name__} ({value!r})"
                 )
+            if isinstance(default, list) and not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{table}.{key} must be a list of strings, not {value!r}")
     return values
 
 

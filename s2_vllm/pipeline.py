@@ -91,6 +91,14 @@ def run(config: Config, options: RunOptions, echo: Echo, *, records: list[Record
         )
         if store.backup is not None:
             echo(f"moved the old checkpoint to {store.backup}")
+        if store.torn:
+            echo(f"cut a torn last line ({store.torn} bytes) from {options.output}; its record runs again")
+        if store.rejected:
+            echo(f"moved {store.rejected} damaged line{'s' * (store.rejected != 1)} to {store.rejected_path}; "
+                 "their records run again")
+        if store.retried:
+            echo(f"removed {store.retried} error/length row{'s' * (store.retried != 1)} from {options.output}; "
+                 "their records run again")
         pending = [r for r in records if r.file_id not in done]
         stats = RunStats(total=len(records), resumed=len(records) - len(pending))
         if stats.resumed:
@@ -112,6 +120,7 @@ def _generate(config: Config, options: RunOptions, store: CheckpointStore, build
     store.write_summary(stats.summary(config.run.engine))
     engine = create_engine(config, tokenizer)
     stats.engine_ready = time.monotonic()
+    stats.details = getattr(engine, "summary_details", None)  # a replica pool adds per-replica numbers
     progress = ProgressBar(stats, enabled=options.progress)
     try:
         runner = Runner(engine, store, stats, seed=config.sampling.seed, thinking=config.prompt.enable_thinking,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from s2_vllm.checkpoint import Row
 
@@ -20,6 +20,7 @@ class RunStats:
     started: float = field(default_factory=time.monotonic)
     engine_ready: float | None = None  # when the model had loaded: throughput counts from here
     interrupted: bool = False
+    details: Callable[[], dict[str, Any]] | None = None  # more summary keys (a replica pool's "replicas")
 
     def add(self, row: Row) -> None:
         self.statuses[row.status] += 1
@@ -51,6 +52,7 @@ class RunStats:
             "prompt_tokens_per_second": rate(self.prompt_tokens),
             "output_tokens_per_second": rate(self.completion_tokens),
             "interrupted": self.interrupted,
+            **(self.details() if self.details else {}),
         }
 
 
@@ -62,7 +64,17 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"tokens: {summary['prompt_tokens']} prompt, {summary['completion_tokens']} output in "
         f"{summary['generation_seconds']:.1f}s: {summary['prompt_tokens_per_second']:.1f} prompt tok/s, "
         f"{summary['output_tokens_per_second']:.1f} output tok/s, {summary['records_per_second']:.2f} records/s",
-    ]
+    ] + replica_lines(summary)
+
+
+def replica_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per replica of a pool: where it ran, what it did, and why it died if it did."""
+    lines = []
+    for r in summary.get("replicas", ()):
+        died = "" if r["alive"] else f"; died: {r['error']}"
+        lines.append(f"replica {r['replica']} ({r['place']}, pid {r['pid']}): {r['records']} records, "
+                     f"{r['output_tokens']} output tokens, {r['output_tokens_per_second']:.1f} output tok/s{died}")
+    return lines
 
 
 class ProgressBar:

@@ -11,6 +11,7 @@ import orjson
 from s2_vllm.checkpoint import FAILED, STATUSES, read_manifest
 from s2_vllm.errors import CheckpointError
 from s2_vllm.export import merge_rows
+from s2_vllm.progress import replica_lines
 
 
 def summary_path(checkpoint: Path) -> Path:
@@ -62,4 +63,5 @@ def status_lines(paths: list[Path]) -> list[str]:
                 f"{s['written']} rows in {s['generation_seconds']:.1f}s, "
                 f"{s['output_tokens_per_second']:.1f} output tok/s, {s['prompt_tokens_per_second']:.1f} prompt tok/s"
             )
+            lines += [f"  {line}" for line in replica_lines(s)]
     return lines

@@ -18,8 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-MARKER = ".s2-tiny-v1"
-SEED = 1  # picked with EOS_WEIGHT: the seed whose greedy lengths spread best over the demo
+MARKER = ".s2-tiny-v2"  # bump when anything below changes the built files (v1: older weights)
+SEED = 38  # picked with EOS_WEIGHT (below): of seeds 0..39, the best spread of greedy lengths
 VOCAB_SIZE = 2560
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = [PAD, IM_START, IM_END]
@@ -61,9 +61,10 @@ MODEL_SHAPE: dict[str, Any] = {
     # prompts give different continuations instead of one token chain keyed on the last token.
     "initializer_range": 0.2,
 }
-# The eos trick (see _tilt_towards_eos), tuned by greedy runs over the 47 demo prompts:
-# W from 114 to 117 all give 3..95 tokens, ~3/4 of them in 5..60, one reaching 96.
-EOS_DIM, EOS_SHIFT, EOS_WEIGHT = 0, 0.2, 117.0
+# The eos trick (see _tilt_towards_eos). Tuned by greedy decoding (max 96 new tokens) of the
+# 47 demo S2 prompts plus system-message, thinking-on and short chat prompts: any weight in
+# 129..131 ends ~85% of them after 5..60 tokens, a few after 1..4, and ~4% run to 96.
+EOS_DIM, EOS_SHIFT, EOS_WEIGHT = 0, 0.2, 130.0
 
 QWEN3_8B: dict[str, Any] = {
     "architectures": ["Qwen3ForCausalLM"],
@@ -107,6 +108,8 @@ Numbers such as 3, 14, 2024 and 0.75 appear in reports, along with dates like 12
 音调、语速、音量和停顿都可以反映说话人的情绪状态。
 今天天气很好，我们一起去公园散步吧。
 Emoji show up in subtitles too: 😂 🙄 🎉 😊 😢 😡 🤫 ❤️ 👍
+Please act as an expert in the field of emotions and integrate the textual and audio clues.
+Acoustic Clues: Original Subtitle: Integrated Analysis: analyze which parts can infer the emotional state.
 """
 
 
@@ -122,10 +125,10 @@ def demo_paths() -> tuple[Path, Path]:
 
 
 def _corpus() -> list[str]:
-    from s2_vllm.template import DEFAULT_TEMPLATE
-
+    # Only this module's prose and the demo data: editing either changes the vocabulary and
+    # so the tuned eos behaviour (re-tune EOS_WEIGHT/SEED and bump MARKER).
     audio, subtitles = demo_paths()
-    lines = PROSE.splitlines() + [DEFAULT_TEMPLATE]
+    lines = PROSE.splitlines()
     for record in json.loads(audio.read_text("utf-8")) + json.loads(subtitles.read_text("utf-8")):
         lines += [str(v) for k, v in record.items() if k != "file_id" and v]
     return lines
@@ -164,6 +167,7 @@ def _wrap_tokenizer(raw: Any) -> Any:
         eos_token=IM_END,
         pad_token=PAD,
         unk_token=None,
+        extra_special_tokens=[IM_START, IM_END],
         padding_side="left",
         model_max_length=MODEL_SHAPE["max_position_embeddings"],
         chat_template=CHAT_TEMPLATE,
@@ -227,20 +231,28 @@ def build_tiny_model(dest: str | Path | None = None, *, force: bool = False) -> 
     dest = Path(dest) if dest is not None else default_cache_dir() / "tiny-qwen3"
     if (dest / MARKER).exists() and not force:
         return dest
+    if dest.exists() and any(dest.iterdir()) and not any(dest.glob(".s2-tiny-v*")):
+        raise FileExistsError(f"{dest} exists and is not a tiny model built here; refusing to replace it")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
-        tokenizer = _wrap_tokenizer(_train_tokenizer())
-        tokenizer.save_pretrained(tmp)
-        _build_model(tokenizer).save_pretrained(tmp, safe_serialization=True)
-        tmp.chmod(0o755)  # mkdtemp makes it 0700
-        (tmp / MARKER).write_text("tiny random Qwen3 for s2-vllm tests; weights are noise\n", "utf-8")
+        _write_model(tmp)
+        if (dest / MARKER).exists() and not force:
+            return dest  # a concurrent build finished first; keep its copy
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def _write_model(out: Path) -> None:
+    tokenizer = _wrap_tokenizer(_train_tokenizer())
+    tokenizer.save_pretrained(out)
+    _build_model(tokenizer).save_pretrained(out, safe_serialization=True)
+    out.chmod(0o755)  # mkdtemp made it 0700
+    (out / MARKER).write_text("tiny random Qwen3 for s2-vllm tests; its weights are noise\n", "utf-8")
 
 
 def write_qwen3_8b_config(dest: Path, tokenizer_dir: Path) -> Path:
@@ -252,11 +264,20 @@ def write_qwen3_8b_config(dest: Path, tokenizer_dir: Path) -> Path:
     can sample ids the tokenizer cannot decode: the caller must handle those (clamp,
     drop or detokenize=False). No weights are written.
     """
-    dest = Path(dest)
+    dest, tokenizer_dir = Path(dest), Path(tokenizer_dir)
     dest.mkdir(parents=True, exist_ok=True)
-    tokenizer_dir = Path(tokenizer_dir)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
         if (tokenizer_dir / name).exists():
             shutil.copy2(tokenizer_dir / name, dest / name)
-    (dest / "config.json").write_text(json.dumps(QWEN3_8B, indent=2) + "\n", "utf-8")
+    config = dict(QWEN3_8B)
+    # Keep the config's special ids consistent with the tokenizer that ships beside it.
+    added = json.loads((tokenizer_dir / "tokenizer.json").read_text("utf-8")).get("added_tokens", [])
+    ids = {t["content"]: t["id"] for t in added}
+    if PAD in ids and IM_END in ids:
+        config.update(bos_token_id=ids[PAD], eos_token_id=ids[IM_END])
+    if (dest / "tokenizer_config.json").exists():
+        tok_config = json.loads((dest / "tokenizer_config.json").read_text("utf-8"))
+        tok_config["model_max_length"] = config["max_position_embeddings"]
+        (dest / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n", "utf-8")
+    (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n", "utf-8")
     return dest

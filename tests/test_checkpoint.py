@@ -72,7 +72,7 @@ def test_row_line_keeps_field_order_and_from_dict_ignores_unknown_keys():
     assert data.endswith(b"\n") and data.count(b"\n") == 1
     assert list(orjson.loads(data)) == [
         "file_id", "final_description", "reasoning", "status", "finish_reason", "prompt_tokens",
-        "completion_tokens", "error", "prompt_sha", "truncated",
+        "completion_tokens", "error", "prompt_sha", "truncated", "labels",
     ]
     assert Row.from_dict({**orjson.loads(data), "future_field": 1}) == row
     assert Row.from_dict({"file_id": "b"}) == Row("b", None)

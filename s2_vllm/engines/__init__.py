@@ -20,6 +20,14 @@ def check_engine_config(config: Config) -> None:
 
 
 def create_engine(config: Config, tokenizer: Any) -> Engine:
+    if config.parallel.ray_address:
+        from s2_vllm.engines.ray_pool import RayReplicaPool
+
+        return RayReplicaPool(config)
+    if config.parallel.replicas > 1:
+        from s2_vllm.engines.pool import ReplicaPool
+
+        return ReplicaPool(config)
     if config.run.engine == "hf":
         from s2_vllm.engines.hf import HFEngine
 

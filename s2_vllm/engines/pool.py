@@ -1,0 +1,530 @@
+"""Data parallelism as one Engine: N engine replicas behind the interface the runner drives.
+
+`ReplicaPool` starts N worker processes (spawned, so `if __name__ == "__main__"`-guarded
+scripts are safe); each builds its own engine with `create_engine` and runs its own
+add/step loop (`serve`). The pool is an `Engine`: `add` hands each request to the replica
+with the most free window, `step` returns what any replica finished, `capacity` is the sum
+of their windows. The runner in this process stays the single writer of the checkpoint.
+
+A replica that dies (killed, out of memory, engine error) gives its unfinished requests back
+to the pool, which hands them to the others; a record whose replica died `max_attempts`
+times comes back as an error row. When every replica is dead, `step` raises EngineError and
+the run stops with everything finished so far in the checkpoint, resumable.
+
+`RayReplicaPool` (ray_pool.py) differs only in how a replica starts and how its messages
+travel; `serve` and all the bookkeeping here are shared.
+
+Messages, pool -> replica: ("add", [GenerationRequest]), ("abort",), ("stop",).
+Replica -> pool: ("ready", capacity, pid, place), ("done", [Completion]),
+("failed", is_user_error, text) when the engine cannot start, ("dead", text) when it dies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import queue
+import signal
+import socket
+import sys
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from s2_vllm.config import Config, ParallelConfig
+from s2_vllm.engines.base import Completion, GenerationRequest
+from s2_vllm.errors import ConfigError, EngineError, UserError, one_line
+
+POLL_SECONDS = 0.2  # longest a pool step waits for a replica's message
+IDLE_SECONDS = 0.5  # longest an idle replica waits for work before looking again
+STOP_SECONDS = 15.0  # grace for replicas to close their engines before they are killed
+
+# Every replica gets these: only the parent draws a progress bar, vLLM's lines say whose they are,
+# and an engine core started by a replica does not inherit the replica's pipe (no fork).
+QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
+
+
+# ---------------------------------------------------------------- the replica side
+
+
+def serve(config: Config, env: dict[str, str], receive: Callable[[float], Any], send: Callable[[Any], None]) -> None:
+    """One replica: build an engine, then add what arrives, step it, send back what finished.
+
+    `receive(timeout)` returns the pool's next message or None; `send(message)` answers it.
+    The same loop runs in a worker process and in a Ray actor.
+    """
+    os.environ.update(env)
+    from s2_vllm.engines import create_engine
+    from s2_vllm.prompts import load_tokenizer
+
+    try:
+        engine = create_engine(config, load_tokenizer(config))
+    except Exception as exc:
+        send(("failed", isinstance(exc, UserError), one_line(exc)))
+        return
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+    place = f"{socket.gethostname()} {'GPU ' + devices if devices else 'CPU'}"
+    send(("ready", engine.capacity(), os.getpid(), place))
+    try:
+        done: list[Completion] = []
+        while True:
+            message = receive(0 if done or engine.has_unfinished() else IDLE_SECONDS)
+            while message is not None:
+                if message[0] == "stop":
+                    return
+                if message[0] == "abort":
+                    engine.abort()
+                    done = []
+                elif message[0] == "add":
+                    for request in message[1]:
+                        try:
+                            engine.add(request)
+                        except Exception as exc:  # this request alone, as the runner does in-process
+                            done.append(Completion(request.key, "", "error", len(request.prompt_token_ids), 0,
+                                                   f"engine refused the request: {one_line(exc)}"))
+                message = receive(0)
+            if engine.has_unfinished():
+                done += engine.step()
+            if done:
+                send(("done", done))
+                done = []
+    except Exception as exc:
+        send(("dead", one_line(exc)))
+    finally:
+        engine.close()
+
+
+def _process_main(config: Config, env: dict[str, str], conn: Any) -> None:
+    """A worker process: a reader thread keeps the pipe drained, the main thread serves."""
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops us
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # close the engine on the way out
+    inbox: queue.Queue[Any] = queue.Queue()
+
+    def read() -> None:
+        try:
+            while True:
+                inbox.put(conn.recv())
+        except (EOFError, OSError):
+            inbox.put(("stop",))  # the pool is gone
+
+    threading.Thread(target=read, name="s2-vllm-replica-reader", daemon=True).start()
+
+    def send(message: Any) -> None:
+        try:
+            conn.send(message)
+        except OSError:
+            raise SystemExit(0) from None  # the pool is gone: nobody to work for
+
+    serve(config, env, lambda timeout: _get(inbox, timeout), send)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # the engine is closed; skip the slow interpreter teardown (torch, CUDA)
+
+
+def _get(inbox: queue.Queue[Any], timeout: float) -> Any:
+    try:
+        return inbox.get(timeout=timeout) if timeout > 0 else inbox.get_nowait()
+    except queue.Empty:
+        return None
+
+
+# ---------------------------------------------------------------- placement
+
+
+def replica_config(config: Config) -> Config:
+    """The config one replica runs: no pool of its own, and its share of `run.in_flight`."""
+    n = config.parallel.replicas
+    in_flight = config.run.in_flight
+    run = dataclasses.replace(config.run, in_flight=None if in_flight is None else -(-in_flight // n))
+    return dataclasses.replace(config, run=run, parallel=ParallelConfig())
+
+
+def gpus_per_replica(config: Config) -> int:
+    if config.run.engine == "hf":
+        return 0 if config.hf.device == "cpu" else 1
+    e = config.engine
+    return (e.tensor_parallel_size or 1) * (e.pipeline_parallel_size or 1)
+
+
+def visible_gpus() -> list[str]:
+    """The CUDA devices this process may use, as CUDA_VISIBLE_DEVICES names them."""
+    try:
+        import torch
+
+        count = torch.cuda.device_count()  # does not create a CUDA context
+    except Exception:
+        return []
+    names = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [d.strip() for d in names.split(",") if d.strip()] if names is not None else [str(i) for i in range(count)]
+    return ids[:count]
+
+
+def gpu_slices(config: Config, gpus: list[str]) -> list[list[str]] | None:
+    """Each replica's GPUs: disjoint slices of tp x pp while they last, then shared round-robin."""
+    per, n = gpus_per_replica(config), config.parallel.replicas
+    if per == 0 or not gpus:
+        return None
+    if config.run.engine == "hf" and config.hf.device.startswith("cuda:"):
+        raise ConfigError(f"hf.device = '{config.hf.device}' names one GPU; with replicas use 'auto' or 'cuda' "
+                          "(each replica gets its own GPU)")
+    if per > len(gpus):
+        raise ConfigError(f"each replica needs {per} GPUs (tensor_parallel_size x pipeline_parallel_size) "
+                          f"but {len(gpus)} are visible")
+    groups = len(gpus) // per
+    share = -(-n // groups)
+    if share > 1 and config.run.engine == "vllm":
+        util = config.engine.gpu_memory_utilization or 0.9
+        if util * share > 1.0 + 1e-9:
+            raise ConfigError(f"{n} replicas on {groups * per} GPUs put {share} on each GPU: set [engine] "
+                              f"gpu_memory_utilization to at most {int(100 / share) / 100:.2f} (it is {util})")
+    return [gpus[(i % groups) * per : (i % groups + 1) * per] for i in range(n)]
+
+
+def replica_envs(config: Config, gpus: list[str] | None = None) -> list[dict[str, str]]:
+    """The environment of each local replica: its GPUs, or its share of the CPU threads."""
+    n = config.parallel.replicas
+    envs = [{**QUIET_ENV, "VLLM_LOGGING_PREFIX": f"[replica {i}] "} for i in range(n)]
+    if gpus is None:
+        gpus = visible_gpus() if gpus_per_replica(config) else []
+    slices = gpu_slices(config, gpus)
+    if slices is not None:
+        for env, devices in zip(envs, slices):
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+    elif "OMP_NUM_THREADS" not in os.environ:  # CPU: N torch thread pools must not fight over the cores
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = str(max(1, cores // n))
+        for env in envs:
+            env["OMP_NUM_THREADS"] = threads
+    return envs
+
+
+# ---------------------------------------------------------------- the pool side
+
+
+@dataclass(eq=False)
+class Replica:
+    """The pool's view of one replica."""
+
+    index: int
+    env: dict[str, str]
+    handle: Any = None  # the transport's: (process, connection) or a Ray actor
+    pid: int | None = None
+    place: str = ""
+    window: int = 0
+    ready: bool = False
+    alive: bool = True
+    reason: str | None = None  # why it died
+    in_flight: dict[str, GenerationRequest] = field(default_factory=dict)  # given to it, unfinished
+    outbox: list[GenerationRequest] = field(default_factory=list)  # given to it, not sent yet
+    records: int = 0
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+
+
+class PoolBase:
+    """Routing, retries and statistics over replicas; subclasses say how replicas start and talk."""
+
+    def __init__(self, config: Config, envs: list[dict[str, str]]):
+        self.name = config.run.engine
+        self.max_attempts = config.parallel.max_attempts
+        self.attempts: dict[str, int] = {}  # key -> times its replica died under it
+        self.backlog: deque[GenerationRequest] = deque()  # added or given back, not yet routed
+        self.finished: list[Completion] = []  # to return from the next step
+        self.closed = False
+        self.ended: float | None = None
+        self.replicas = [Replica(i, env) for i, env in enumerate(envs)]
+        worker_config = replica_config(config)
+        devices = [env["CUDA_VISIBLE_DEVICES"] for env in envs if "CUDA_VISIBLE_DEVICES" in env]
+        try:
+            if len(set(devices)) < len(devices):
+                # Replicas sharing a GPU start one after the other: vLLM sizes its KV cache from the
+                # memory it sees while profiling, which another engine loading at once would skew.
+                for replica in self.replicas:
+                    self._launch(replica, worker_config)
+                    self._wait_ready()
+            else:
+                for replica in self.replicas:
+                    self._launch(replica, worker_config)
+                self._wait_ready()
+        except BaseException:
+            self.close()
+            raise
+        self.started = time.monotonic()
+
+    # -- what a transport provides
+
+    def _launch(self, replica: Replica, config: Config) -> None:
+        raise NotImplementedError
+
+    def _post(self, replica: Replica, message: Any) -> None:
+        """Send one message; raising means the replica cannot be reached."""
+        raise NotImplementedError
+
+    def _collect(self, timeout: float) -> list[tuple[Replica, Any]]:
+        """Messages from live replicas, waiting up to `timeout` for the first; ("lost", why) for a dead one."""
+        raise NotImplementedError
+
+    def _exit_reason(self, replica: Replica) -> str | None:
+        """Why a replica is gone (None while it lives), for deaths its channel does not report."""
+        return None
+
+    def _drain(self, replica: Replica) -> list[Any]:
+        """Messages a replica that just exited left unread."""
+        return []
+
+    def _shutdown(self) -> None:
+        """Stop every replica (each was sent "stop"), killing what does not exit in time."""
+
+    # -- the Engine protocol
+
+    def capacity(self) -> int:
+        return sum(r.window for r in self._live())
+
+    def add(self, request: GenerationRequest) -> None:
+        self.backlog.append(request)  # never raises: a failure here would fail the record, not the replica
+        self._route()
+
+    def step(self) -> list[Completion]:
+        self._route()
+        self._flush()
+        for replica, message in self._collect(POLL_SECONDS):
+            self._receive(replica, message)
+        for replica in self._live():
+            reason = self._exit_reason(replica)
+            if reason is not None:
+                for message in self._drain(replica):
+                    self._receive(replica, message)
+                self._lose(replica, reason)
+        if not self._live():
+            reasons = "; ".join(f"replica {r.index}: {r.reason}" for r in self.replicas)
+            raise EngineError(f"all {len(self.replicas)} replicas died ({reasons})")
+        self._route()
+        self._flush()
+        done, self.finished = self.finished, []
+        return done
+
+    def has_unfinished(self) -> bool:
+        return bool(self.backlog or self.finished or any(r.in_flight for r in self._live()))
+
+    def abort(self) -> None:
+        self.backlog.clear()
+        self.finished.clear()
+        for replica in self._live():
+            replica.in_flight.clear()
+            replica.outbox.clear()
+            try:
+                self._post(replica, ("abort",))
+            except Exception:
+                pass
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.ended = time.monotonic()
+        for replica in self.replicas:
+            if replica.handle is not None and replica.alive:
+                try:
+                    self._post(replica, ("stop",))
+                except Exception:
+                    pass
+        self._shutdown()
+
+    # -- for the summary and for tests
+
+    def pids(self) -> list[int | None]:
+        return [r.pid for r in self.replicas]
+
+    def summary_details(self) -> dict[str, Any]:
+        """Per-replica counts and output tokens/s, merged into the run's summary."""
+        seconds = max(1e-9, (self.ended or time.monotonic()) - getattr(self, "started", time.monotonic()))
+        return {"replicas": [
+            {
+                "replica": r.index,
+                "place": r.place,
+                "pid": r.pid,
+                "records": r.records,
+                "prompt_tokens": r.prompt_tokens,
+                "output_tokens": r.output_tokens,
+                "output_tokens_per_second": round(r.output_tokens / seconds, 1),
+                "alive": r.alive,
+                "error": r.reason,
+            }
+            for r in self.replicas
+        ]}
+
+    # -- internals
+
+    def _live(self) -> list[Replica]:
+        return [r for r in self.replicas if r.alive and r.handle is not None]
+
+    def _wait_ready(self) -> None:
+        """Until every launched replica has said it is ready; raises if one cannot start."""
+        while not all(r.ready for r in self._live()):
+            for replica, message in self._collect(IDLE_SECONDS):
+                if message[0] == "ready":
+                    replica.window, replica.pid, replica.place = message[1], message[2], message[3]
+                    replica.ready = True
+                elif message[0] == "failed":
+                    if message[1]:
+                        raise ConfigError(message[2])
+                    raise EngineError(f"replica {replica.index} could not start: {message[2]}")
+                elif message[0] in ("dead", "lost"):
+                    raise EngineError(f"replica {replica.index} could not start: {message[1]}")
+            for replica in self._live():
+                reason = self._exit_reason(replica)
+                if reason is not None and not replica.ready:
+                    raise EngineError(f"replica {replica.index} could not start: {reason}")
+
+    def _route(self) -> None:
+        """Hand backlog requests to the replicas with the most free window."""
+        live = [r for r in self._live() if r.ready]
+        while self.backlog and live:
+            replica = max(live, key=lambda r: r.window - len(r.in_flight))
+            if replica.window - len(replica.in_flight) <= 0:
+                return
+            request = self.backlog.popleft()
+            replica.in_flight[request.key] = request
+            replica.outbox.append(request)
+
+    def _flush(self) -> None:
+        for replica in self._live():
+            if replica.outbox:
+                try:
+                    self._post(replica, ("add", replica.outbox))
+                except Exception as exc:
+                    self._lose(replica, f"cannot reach it: {one_line(exc)}")
+                else:
+                    replica.outbox = []
+
+    def _receive(self, replica: Replica, message: Any) -> None:
+        kind = message[0]
+        if kind == "done":
+            for completion in message[1]:
+                if replica.in_flight.pop(completion.key, None) is None:
+                    continue  # aborted, or given to another replica meanwhile
+                self.attempts.pop(completion.key, None)
+                replica.records += 1
+                replica.prompt_tokens += completion.prompt_tokens
+                replica.output_tokens += completion.completion_tokens
+                self.finished.append(completion)
+        elif kind in ("dead", "lost"):
+            self._lose(replica, message[1])
+
+    def _lose(self, replica: Replica, reason: str) -> None:
+        """A replica died: its unfinished requests go back to the others, or fail after max_attempts."""
+        if not replica.alive:
+            return
+        replica.alive, replica.reason = False, reason
+        lost = list(replica.in_flight.values())
+        unsent = {request.key for request in replica.outbox}  # never reached it: not an attempt
+        replica.in_flight.clear()
+        replica.outbox.clear()
+        retry = []
+        for request in lost:
+            if request.key in unsent:
+                retry.append(request)
+                continue
+            n = self.attempts[request.key] = self.attempts.get(request.key, 0) + 1
+            if n >= self.max_attempts:
+                self.finished.append(Completion(
+                    request.key, "", "error", len(request.prompt_token_ids), 0,
+                    f"the replica running it died {n} times (last: replica {replica.index}, {reason})",
+                ))
+            else:
+                retry.append(request)
+        self.backlog.extendleft(reversed(retry))
+        left = len(self._live())
+        from tqdm import tqdm  # writes above the progress bar instead of through it
+
+        tqdm.write(f"s2-vllm: replica {replica.index} died ({reason}); {len(retry)} unfinished records go back "
+                   f"to the queue, {left} replica{'s' if left != 1 else ''} left", file=sys.stderr)
+
+
+class ReplicaPool(PoolBase):
+    """Replicas as worker processes on this machine, one pipe each."""
+
+    def __init__(self, config: Config, tokenizer: Any = None):
+        self._context = multiprocessing.get_context("spawn")
+        self._processes: list[Any] = []
+        weakref.finalize(self, _kill_all, self._processes)  # never leave workers behind
+        super().__init__(config, replica_envs(config))
+
+    def _launch(self, replica: Replica, config: Config) -> None:
+        parent, child = self._context.Pipe(duplex=True)
+        process = self._context.Process(target=_process_main, args=(config, replica.env, child),
+                                        name=f"s2-vllm-replica-{replica.index}")
+        process.start()
+        child.close()  # so the parent's end reads EOF once the worker is gone
+        self._processes.append(process)
+        replica.handle, replica.pid = (process, parent), process.pid
+
+    def _post(self, replica: Replica, message: Any) -> None:
+        replica.handle[1].send(message)
+
+    def _collect(self, timeout: float) -> list[tuple[Replica, Any]]:
+        from multiprocessing.connection import wait
+
+        by_conn = {r.handle[1]: r for r in self._live()}
+        messages: list[tuple[Replica, Any]] = []
+        for conn in wait(list(by_conn), timeout):
+            replica = by_conn[conn]
+            try:
+                while conn.poll():
+                    messages.append((replica, conn.recv()))
+            except (EOFError, OSError):
+                process = replica.handle[0]
+                process.join(1.0)
+                messages.append((replica, ("lost", _exit_text(process.exitcode))))
+        return messages
+
+    def _exit_reason(self, replica: Replica) -> str | None:
+        code = replica.handle[0].exitcode
+        return None if code is None else _exit_text(code)
+
+    def _drain(self, replica: Replica) -> list[Any]:
+        conn, messages = replica.handle[1], []
+        try:
+            while conn.poll():
+                messages.append(conn.recv())
+        except (EOFError, OSError):
+            pass
+        return messages
+
+    def _shutdown(self) -> None:
+        deadline = time.monotonic() + STOP_SECONDS
+        for process in self._processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+        for process in self._processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(5.0)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        for replica in self.replicas:
+            if replica.handle is not None:
+                replica.handle[1].close()
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "its connection closed"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _kill_all(processes: list[Any]) -> None:
+    for process in processes:
+        if process.is_alive():
+            process.kill()

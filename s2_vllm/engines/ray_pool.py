@@ -1,0 +1,148 @@
+"""The replica pool on a Ray cluster: each replica is a Ray actor, the driver writes the checkpoint.
+
+Everything but the transport is `PoolBase` (pool.py): routing, retries, statistics, and the
+replica loop `serve`, which here runs on a thread inside the actor. The driver sends
+messages with `actor.send.remote(...)` and keeps one `actor.receive.remote(...)` call
+outstanding per replica; a dead actor shows up as a failed call and its unfinished
+requests go to the other replicas.
+
+Ray places each actor (num_gpus = tensor_parallel_size x pipeline_parallel_size for vLLM)
+and sets its CUDA_VISIBLE_DEVICES. Ray is imported only here, and only when asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any
+
+from s2_vllm.config import Config
+from s2_vllm.engines.pool import IDLE_SECONDS, QUIET_ENV, STOP_SECONDS, PoolBase, Replica, _get, gpus_per_replica, serve
+from s2_vllm.errors import ConfigError, EngineError, one_line
+
+INSTALL_HINT = "pip install -e '.[ray]'"
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(f"--ray-address needs Ray, which is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+class RayReplica:
+    """The actor: `serve` on a thread, fed and drained through two local queues."""
+
+    def __init__(self, config: Config, env: dict[str, str]):
+        self.inbox: queue.Queue[Any] = queue.Queue()
+        self.outbox: queue.Queue[Any] = queue.Queue()
+        self.thread = threading.Thread(target=self._serve, args=(config, env), name="s2-vllm-replica", daemon=True)
+        self.thread.start()
+
+    def _serve(self, config: Config, env: dict[str, str]) -> None:
+        try:
+            serve(config, env, lambda timeout: _get(self.inbox, timeout), self.outbox.put)
+        except BaseException as exc:  # noqa: BLE001 - reported to the driver, which retries elsewhere
+            self.outbox.put(("dead", one_line(exc)))
+
+    def send(self, message: Any) -> None:
+        self.inbox.put(message)
+
+    def receive(self, timeout: float) -> list[Any]:
+        messages = [_get(self.outbox, timeout)]
+        if messages[0] is None:
+            return []
+        while (more := _get(self.outbox, 0)) is not None:
+            messages.append(more)
+        return messages
+
+    def join(self, timeout: float) -> bool:
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+
+class RayReplicaPool(PoolBase):
+    """Replicas as Ray actors, on this machine or across a cluster."""
+
+    def __init__(self, config: Config, tokenizer: Any = None):
+        self.ray = import_ray()
+        self._owns_ray = False
+        self._connect(config.parallel.ray_address or "auto")
+        self._gpus = self._placement(config)
+        self._actor = self.ray.remote(RayReplica)
+        self._pending: dict[int, Any] = {}  # replica index -> its outstanding receive() call
+        n = config.parallel.replicas
+        super().__init__(config, [{**QUIET_ENV, "VLLM_LOGGING_PREFIX": f"[replica {i}] "} for i in range(n)])
+
+    def _connect(self, address: str) -> None:
+        ray = self.ray
+        if ray.is_initialized():
+            return  # the caller's Ray session (a test, a notebook): use it, leave it running
+        kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
+        try:
+            if address == "local":
+                ray.init(include_dashboard=False, **kwargs)
+            else:
+                ray.init(address=address, **kwargs)
+        except Exception as exc:
+            raise EngineError(f"cannot connect to the Ray cluster at '{address}': {one_line(exc)}") from exc
+        self._owns_ray = True
+
+    def _placement(self, config: Config) -> float:
+        """GPUs per actor; refuses a cluster too small for the replicas (they would wait forever)."""
+        resources = self.ray.cluster_resources()
+        gpus = gpus_per_replica(config)
+        if config.run.engine == "hf" and not resources.get("GPU"):
+            gpus = 0  # the transformers engine runs on CPU where the cluster has no GPU
+        n = config.parallel.replicas
+        if resources.get("CPU", 0) < n or resources.get("GPU", 0) < n * gpus:
+            need = f"{n} CPUs" + (f" and {n * gpus} GPUs" if gpus else "")
+            raise ConfigError(f"the Ray cluster has {resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} "
+                              f"GPUs; {n} replicas need {need}")
+        return gpus
+
+    def _launch(self, replica: Replica, config: Config) -> None:
+        actor = self._actor.options(num_cpus=1, num_gpus=self._gpus, max_concurrency=4).remote(config, replica.env)
+        replica.handle = actor
+        self._pending[replica.index] = actor.receive.remote(IDLE_SECONDS)
+
+    def _post(self, replica: Replica, message: Any) -> None:
+        replica.handle.send.remote(message)  # a dead actor answers through its receive() call
+
+    def _collect(self, timeout: float) -> list[tuple[Replica, Any]]:
+        ray = self.ray
+        by_ref = {self._pending[r.index]: r for r in self._live()}
+        if not by_ref:
+            return []
+        ready, rest = ray.wait(list(by_ref), num_returns=1, timeout=timeout)
+        if ready and rest:
+            ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+        messages: list[tuple[Replica, Any]] = []
+        for ref in ready:
+            replica = by_ref[ref]
+            try:
+                messages += [(replica, m) for m in ray.get(ref)]
+            except ray.exceptions.RayError as exc:
+                messages.append((replica, ("lost", f"its Ray actor died: {one_line(exc)}")))
+                continue
+            self._pending[replica.index] = replica.handle.receive.remote(IDLE_SECONDS)
+        return messages
+
+    def _shutdown(self) -> None:
+        ray = self.ray
+        actors = [r.handle for r in self.replicas if r.handle is not None]
+        if actors:
+            try:  # let each replica close its engine (vLLM frees its GPU memory), then kill the actor
+                ray.wait([a.join.remote(STOP_SECONDS) for a in actors], num_returns=len(actors),
+                         timeout=STOP_SECONDS + 5)
+            except Exception:
+                pass
+        for actor in actors:
+            try:
+                ray.kill(actor)
+            except Exception:
+                pass
+        if self._owns_ray:
+            ray.shutdown()
