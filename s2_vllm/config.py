@@ -108,7 +108,7 @@ class ParallelConfig:
     """Data parallelism: engine replicas on this node (processes) or on a Ray cluster (actors)."""
 
     replicas: int = 1  # engine workers, each with tensor_parallel_size x pipeline_parallel_size GPUs
-    ray_address: str | None = None  # auto | HOST:PORT | ray://HOST:PORT | local; None = no Ray
+    ray_address: str | None = None  # auto | HOST:PORT | local (a private Ray); None = no Ray
     max_attempts: int = 2  # a record whose replica died this many times becomes an error row
 
 

@@ -20,7 +20,7 @@ def test_two_ray_actors_write_the_rows_of_one_engine(tiny_model, tmp_path):
     h.run(h.config(tiny_model, inputs), clean)
 
     out = tmp_path / "ray.jsonl"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(
         [sys.executable, "-m", "s2_vllm", *h.cli_args(tiny_model, inputs), "--ray-address", "local",

@@ -241,17 +241,15 @@ class PoolBase:
         self.replicas = [Replica(i, env) for i, env in enumerate(envs)]
         worker_config = replica_config(config)
         devices = [env["CUDA_VISIBLE_DEVICES"] for env in envs if "CUDA_VISIBLE_DEVICES" in env]
+        # Replicas sharing a GPU start one after the other: vLLM sizes its KV cache from the memory
+        # it sees while profiling, which another engine loading at the same time would skew.
+        one_by_one = len(set(devices)) < len(devices)
         try:
-            if len(set(devices)) < len(devices):
-                # Replicas sharing a GPU start one after the other: vLLM sizes its KV cache from the
-                # memory it sees while profiling, which another engine loading at once would skew.
-                for replica in self.replicas:
-                    self._launch(replica, worker_config)
+            for replica in self.replicas:
+                self._launch(replica, worker_config)
+                if one_by_one:
                     self._wait_ready()
-            else:
-                for replica in self.replicas:
-                    self._launch(replica, worker_config)
-                self._wait_ready()
+            self._wait_ready()
         except BaseException:
             self.close()
             raise
