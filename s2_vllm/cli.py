@@ -32,18 +32,32 @@ class Stopped(Failure):
         click.echo(self.format_message(), err=True)
 
 
+class Interrupt(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM outside the runner's loop (reading inputs, imports, model loading).
+
+    A subclass, not KeyboardInterrupt itself: CPython remembers a bare KeyboardInterrupt that
+    escaped Python code run from C (PyRun_*, which some extension modules call) and then ends the
+    process by SIGINT at exit, whatever exit code the command chose (seen once as exit -2).
+    """
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise Interrupt()
+
+
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt like Ctrl-C, so both stop a command the same way (exit 130)."""
+def _interrupt_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise Interrupt, so both stop any command the same way (exit 130)."""
     try:
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread: signals are not ours to handle
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 class Group(click.Group):
@@ -54,7 +68,7 @@ class Group(click.Group):
 
         debug = bool(ctx.params.get("debug")) or bool(os.environ.get(DEBUG_ENV))
         try:
-            with _sigterm_as_interrupt():
+            with _interrupt_on_signals():
                 return super().invoke(ctx)
         except RunInterrupted as exc:
             raise Stopped(str(exc), 130) from None

@@ -208,6 +208,20 @@ def test_twenty_random_interruptions_lose_nothing_and_mix_nothing(tiny_model, in
     print(f"\nfuzz: {len(plan)} interruptions in {time.monotonic() - started:.0f}s; {statuses}\n" + "\n".join(log))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_starting_exits_130_and_says_how_to_resume(tiny_model, inputs, tmp_path, sig):
+    """Right after the join the tokenizer, torch and the model are still loading: the runner's own
+    handlers are not in place yet, and the command still stops the same way."""
+    out = tmp_path / "out.jsonl"
+    process = spawn(run_args(tiny_model, inputs, out), tmp_path / "run")
+    assert wait_until(lambda: b"joined " in (tmp_path / "run.out").read_bytes(), process)
+    process.send_signal(sig)
+    assert process.wait(timeout=120) == 130
+    assert (tmp_path / "run.err").read_text() == "interrupted; run the same command to resume\n"
+    assert not out.exists() or out.read_bytes() == b""
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. checkpoint damage, through the command line
 
