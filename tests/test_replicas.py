@@ -26,7 +26,8 @@ from s2_vllm.cli import cli
 from s2_vllm.config import Config, config_from_dict
 from s2_vllm.engines import create_engine
 from s2_vllm.engines.base import Completion, GenerationRequest
-from s2_vllm.engines.pool import PoolBase, gpu_slices, replica_config, replica_envs
+from s2_vllm.engines.pool import PoolBase
+from s2_vllm.engines.replica import gpu_slices, replica_config, replica_envs
 from s2_vllm.errors import ConfigError, EngineError
 
 # ---------------------------------------------------------------- the pool's logic, no processes

@@ -18,7 +18,8 @@ import threading
 from typing import Any
 
 from s2_vllm.config import Config
-from s2_vllm.engines.pool import IDLE_SECONDS, QUIET_ENV, STOP_SECONDS, PoolBase, Replica, _get, gpus_per_replica, serve
+from s2_vllm.engines.pool import STOP_SECONDS, PoolBase, Replica
+from s2_vllm.engines.replica import IDLE_SECONDS, QUIET_ENV, get_message, gpus_per_replica, serve
 from s2_vllm.errors import ConfigError, EngineError, one_line
 
 INSTALL_HINT = "pip install -e '.[ray]'"
@@ -43,7 +44,7 @@ class RayReplica:
 
     def _serve(self, config: Config, env: dict[str, str]) -> None:
         try:
-            serve(config, env, lambda timeout: _get(self.inbox, timeout), self.outbox.put)
+            serve(config, env, lambda timeout: get_message(self.inbox, timeout), self.outbox.put)
         except BaseException as exc:  # noqa: BLE001 - reported to the driver, which retries elsewhere
             self.outbox.put(("dead", one_line(exc)))
 
@@ -51,10 +52,10 @@ class RayReplica:
         self.inbox.put(message)
 
     def receive(self, timeout: float) -> list[Any]:
-        messages = [_get(self.outbox, timeout)]
+        messages = [get_message(self.outbox, timeout)]
         if messages[0] is None:
             return []
-        while (more := _get(self.outbox, 0)) is not None:
+        while (more := get_message(self.outbox, 0)) is not None:
             messages.append(more)
         return messages
 
