@@ -24,6 +24,7 @@ import signal
 import sys
 import time
 import weakref
+from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,7 +58,7 @@ class Replica:
     output_tokens: int = 0
 
 
-class PoolBase:
+class PoolBase(ABC):
     """Routing, retries and statistics over replicas; subclasses say how replicas start and talk."""
 
     def __init__(self, config: Config, envs: list[dict[str, str]]):
@@ -87,16 +88,19 @@ class PoolBase:
 
     # -- what a transport provides
 
+    @abstractmethod
     def _launch(self, replica: Replica, config: Config) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _post(self, replica: Replica, message: Any) -> None:
         """Send one message; raising means the replica cannot be reached."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _collect(self, timeout: float) -> list[tuple[Replica, Any]]:
         """Messages from live replicas, waiting up to `timeout` for the first; ("lost", why) for a dead one."""
-        raise NotImplementedError
+        ...
 
     def _exit_reason(self, replica: Replica) -> str | None:
         """Why a replica is gone (None while it lives), for deaths its channel does not report."""
