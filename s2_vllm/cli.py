@@ -196,10 +196,7 @@ def run(output: str | None, engine: str | None, temperature: float | None, top_p
             output = f"{stem}.shard-{shard_spec[0]}-of-{shard_spec[1]}.jsonl"
     options = RunOptions(Path(output), overwrite=overwrite, retry_failed=retry_failed, repair=repair,
                          limit=limit, shard=shard_spec, progress=not no_progress)
-    summary = run_pipeline(config, options, click.echo)
-    failed = summary["statuses"].get("error", 0) + summary["statuses"].get("length", 0)
-    if failed:
-        click.echo(f"{failed} records failed or were cut at max_tokens: see `s2-vllm status {output}`")
+    run_pipeline(config, options, click.echo)
 
 
 @cli.command()
@@ -322,10 +319,7 @@ def extract_labels(checkpoints: tuple[str, ...], output: str, config_path: str |
     apply_overrides(config, "hf", batch_size=batch_size)
     options = RunOptions(Path(output), overwrite=overwrite, retry_failed=retry_failed, limit=limit,
                          progress=not no_progress)
-    summary = run_stage(config, options, expand(checkpoints), click.echo)
-    failed = summary["statuses"].get("error", 0) + summary["statuses"].get("length", 0)
-    if failed:
-        click.echo(f"{failed} records failed or were cut at max_tokens: see `s2-vllm status {output}`")
+    run_stage(config, options, expand(checkpoints), click.echo)
 
 
 @cli.command()

@@ -47,9 +47,7 @@ def shard_of(file_id: str, count: int) -> int:
 
 def joined_records(config: Config, echo: Echo, shard: tuple[int, int] | None = None,
                    limit: int | None = None) -> list[Record]:
-    for spec in config.sources:
-        if not spec.path:
-            raise InputError(f"no input file for source '{spec.name}' (give --{_flag(spec.name)} or sources.{spec.name}.path)")
+    check_source_paths(config)
     records, report = join(config.sources, config.run.on_duplicate)
     for line in report.lines():
         echo(line)
@@ -60,6 +58,12 @@ def joined_records(config: Config, echo: Echo, shard: tuple[int, int] | None = N
     if limit is not None:
         records = records[:limit]
     return records
+
+
+def check_source_paths(config: Config) -> None:
+    for spec in config.sources:
+        if not spec.path:
+            raise InputError(f"no input file for source '{spec.name}' (give --{_flag(spec.name)} or sources.{spec.name}.path)")
 
 
 def _flag(source: str) -> str:
@@ -79,6 +83,8 @@ def run(config: Config, options: RunOptions, echo: Echo, *, records: list[Record
     extraction) passes its own records and a `postprocess` that adds to each row.
     """
     config.validate()
+    if records is None:
+        check_source_paths(config)  # before the engine check, which imports vLLM (seconds)
     check_engine_config(config)
     if records is None:
         records = joined_records(config, echo, options.shard, options.limit)

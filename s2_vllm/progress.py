@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from s2_vllm.checkpoint import Row
+from s2_vllm.errors import plural
 
 
 @dataclass
@@ -17,6 +18,7 @@ class RunStats:
     statuses: Counter[str] = field(default_factory=Counter)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    truncated: int = 0  # rows whose prompt had a clue text cut to fit the context
     started: float = field(default_factory=time.monotonic)
     engine_ready: float | None = None  # when the model had loaded: throughput counts from here
     interrupted: bool = False
@@ -26,6 +28,7 @@ class RunStats:
         self.statuses[row.status] += 1
         self.prompt_tokens += row.prompt_tokens or 0
         self.completion_tokens += row.completion_tokens or 0
+        self.truncated += bool(row.truncated)
 
     @property
     def written(self) -> int:
@@ -43,6 +46,7 @@ class RunStats:
             "resumed": self.resumed,
             "written": self.written,
             "remaining": max(0, self.total - self.resumed - self.written),
+            "truncated": self.truncated,
             "statuses": dict(self.statuses),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
@@ -58,13 +62,20 @@ class RunStats:
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     statuses = ", ".join(f"{k} {v}" for k, v in sorted(summary["statuses"].items())) or "none"
-    return [
-        f"wrote {summary['written']} rows ({statuses}); {summary['resumed']} were already done, "
+    lines = [
+        f"wrote {plural(summary['written'], 'row')} ({statuses}); {summary['resumed']} already done, "
         f"{summary['remaining']} remain",
         f"tokens: {summary['prompt_tokens']} prompt, {summary['completion_tokens']} output in "
         f"{summary['generation_seconds']:.1f}s: {summary['prompt_tokens_per_second']:.1f} prompt tok/s, "
         f"{summary['output_tokens_per_second']:.1f} output tok/s, {summary['records_per_second']:.2f} records/s",
-    ] + replica_lines(summary)
+    ]
+    if summary.get("truncated"):
+        lines.append(f"truncated: {plural(summary['truncated'], 'prompt')} had a clue text cut to fit the context")
+    failed = summary["statuses"].get("error", 0) + summary["statuses"].get("length", 0)
+    if failed:
+        lines.append(f"{plural(failed, 'record')} failed or stopped at max_tokens: `s2-vllm status` counts them, "
+                     f"--retry-failed runs them again")
+    return lines + replica_lines(summary)
 
 
 def replica_lines(summary: dict[str, Any]) -> list[str]:

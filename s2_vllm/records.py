@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from s2_vllm.config import SourceSpec
-from s2_vllm.errors import InputError
+from s2_vllm.errors import InputError, plural
 
 ON_DUPLICATE = ("error", "first", "last")
 _EXTENSIONS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv"}
@@ -51,25 +51,21 @@ class JoinReport:
     on_duplicate: str = "error"
 
     def lines(self) -> list[str]:
-        froms = [f"{name} ({_plural(self.rows.get(name, 0), 'row')})" for name in self.sources]
+        froms = [f"{name} ({plural(self.rows.get(name, 0), 'row')})" for name in self.sources]
         joined = froms[0] if len(froms) == 1 else ", ".join(froms[:-1]) + " and " + froms[-1]
         keep = {"first": " (kept first)", "last": " (kept last)"}.get(self.on_duplicate, "")
         return [
-            f"joined {_plural(self.matched, 'record')} from {joined}",
+            f"joined {plural(self.matched, 'record')} from {joined}",
             "not in every source: " + self._counts(self.only_in, " (dropped)"),
             "duplicates: " + self._counts(self.duplicates, keep),
             "empty text: " + self._counts(self.empty, " (skipped)"),
-            f"to fuse: {_plural(self.matched - self.skipped, 'record')}"
+            f"to fuse: {plural(self.matched - self.skipped, 'record')}"
             + (f" ({self.skipped} skipped)" if self.skipped else ""),
         ]
 
     def _counts(self, counts: dict[str, int], suffix: str) -> str:
         parts = [f"{name} {counts[name]}" for name in self.sources if counts.get(name)]
         return ", ".join(parts) + suffix if parts else "none"
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 @dataclass

@@ -292,4 +292,5 @@ def test_a_prompt_over_the_context_is_an_error_row_with_too_long_error(tiny_mode
     row = rows(tmp_path / "out.jsonl")[0]
     assert (row["status"], row["final_description"], row["finish_reason"]) == ("error", None, None)
     assert re.fullmatch(r"prompt has \d{4} tokens; the limit is 248", row["error"]), row["error"]
-    assert "records failed or were cut at max_tokens: see `s2-vllm status" in result.stdout
+    assert re.search(r"\n\d records? failed or stopped at max_tokens: `s2-vllm status` counts them, "
+                     r"--retry-failed runs them again\n", result.stdout)

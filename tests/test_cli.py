@@ -54,12 +54,12 @@ def test_run_resume_status_export(run_args, tmp_path):
     first = CliRunner().invoke(cli, run_args + ["--limit", "10"])
     assert first.exit_code == 0, first.output
     assert first.output.startswith(REPORT)
-    assert "wrote 10 rows (" in first.output and "0 were already done, 0 remain" in first.output
+    assert "wrote 10 rows (" in first.output and "0 already done, 0 remain" in first.output
 
     second = CliRunner().invoke(cli, run_args)
     assert second.exit_code == 0, second.output
     assert f"resuming {tmp_path / 'out.jsonl'}: 10 of 47 records already done\n" in second.output
-    assert "wrote 37 rows (" in second.output and "10 were already done, 0 remain" in second.output
+    assert "wrote 37 rows (" in second.output and "10 already done, 0 remain" in second.output
 
     rows = [orjson.loads(line) for line in (tmp_path / "out.jsonl").read_bytes().splitlines()]
     assert len(rows) == len({r["file_id"] for r in rows}) == 47

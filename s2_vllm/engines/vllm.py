@@ -37,6 +37,10 @@ def _one_line(exc: BaseException, limit: int = 500) -> str:
 
 
 def _import_vllm() -> Any:
+    import logging
+
+    # torch warns on import when CUDA_HOME exists but no CUDA runtime does (any CPU box with nvcc).
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         import vllm
     except ImportError as exc:  # pragma: no cover - vllm is a hard dependency
