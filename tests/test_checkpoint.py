@@ -198,9 +198,9 @@ def test_overwrite_keeps_a_backup_and_never_replaces_an_older_one(tmp_path):
     path = tmp_path / "out.jsonl"
     make(path, Row("a", "first"))
     CheckpointStore(path).write_summary({"total": 1})
-    # every backup name of the next few seconds is taken already
+    # every backup name of the seconds around now is taken already (the C clock can lag time.time())
     now = time.time()
-    taken = {f"{path}.bak-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now + s))}" for s in range(5)}
+    taken = {f"{path}.bak-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now + s))}" for s in range(-2, 6)}
     for name in taken:
         Path(name).write_text("older backup")
 
