@@ -381,3 +381,14 @@ def test_two_vllm_replicas_share_one_gpu_at_under_half_memory_each(setup, tmp_pa
     places = {r["place"] for r in summary["replicas"]}
     assert len(places) == 1 and " GPU " in places.pop()  # both on the first visible GPU
     assert all(r["records"] > 0 and r["alive"] for r in summary["replicas"])
+
+
+def test_a_request_the_replica_engine_refuses_comes_back_as_an_error(tiny_model, tmp_path):
+    from s2_vllm.engines.replica import serve
+
+    config = h.config(tiny_model, (tmp_path / "a.json", tmp_path / "s.json"))
+    inbox = [("add", [GenerationRequest("empty", [], 0)]), None, ("stop",)]  # None: nothing waiting
+    sent = []
+    serve(config, {}, lambda timeout: inbox.pop(0), sent.append)
+    assert sent[0][0] == "ready"
+    assert sent[1:] == [("done", [Completion("empty", "", "error", 0, 0, "engine refused the request: empty prompt")])]

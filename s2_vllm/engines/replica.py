@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from s2_vllm.config import Config, ParallelConfig
+from s2_vllm.engines.base import Completion
 from s2_vllm.errors import ConfigError, UserError, one_line
 
 IDLE_SECONDS = 0.5  # longest an idle replica waits for work before looking again
