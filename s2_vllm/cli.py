@@ -135,6 +135,12 @@ def build_config(params: dict[str, Any]) -> Config:
     return config
 
 
+SHOW_ENGINE_LOG = click.option(
+    "--show-engine-log", is_flag=True,
+    help="Show the engine's own log (vLLM's INFO lines, its processes' output) here instead of in "
+         "OUTPUT.engine.log.")
+
+
 def parse_shard(value: str | None) -> tuple[int, int] | None:
     if value is None:
         return None
@@ -163,10 +169,11 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
 @click.option("--retry-failed", is_flag=True, help="Run again the records whose row is error or length.")
 @click.option("--repair", is_flag=True, help="Move damaged checkpoint lines to .rejected and redo them.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@SHOW_ENGINE_LOG
 def run(output: str | None, engine: str | None, temperature: float | None, top_p: float | None, top_k: int | None,
         seed: int | None, batch_size: int | None, in_flight: int | None, shard: str | None, replicas: int | None,
         ray_address: str | None, overwrite: bool, retry_failed: bool, repair: bool, no_progress: bool,
-        **params: Any) -> None:
+        show_engine_log: bool, **params: Any) -> None:
     """Fuse every joined record and append each result to a resumable JSONL checkpoint.
 
     Run the same command again after an interruption: finished records are skipped.
@@ -195,7 +202,7 @@ def run(output: str | None, engine: str | None, temperature: float | None, top_p
             stem = output.removesuffix(".jsonl")
             output = f"{stem}.shard-{shard_spec[0]}-of-{shard_spec[1]}.jsonl"
     options = RunOptions(Path(output), overwrite=overwrite, retry_failed=retry_failed, repair=repair,
-                         limit=limit, shard=shard_spec, progress=not no_progress)
+                         limit=limit, shard=shard_spec, progress=not no_progress, show_engine_log=show_engine_log)
     run_pipeline(config, options, click.echo)
 
 
@@ -268,16 +275,20 @@ def export(checkpoints: tuple[str, ...], output: str, fmt: str, include_failed: 
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default="s2-vllm-demo", show_default=True,
               help="Where the demo writes its data, checkpoint and export.")
 @click.option("--max-tokens", type=int, default=48, show_default=True)
-def demo(directory: str, max_tokens: int) -> None:
+@click.option("--engine", type=click.Choice(["vllm", "hf"]),
+              help="Default: vllm where its engine can start (a GPU, or vLLM's CPU build), else hf.")
+def demo(directory: str, max_tokens: int, engine: str | None) -> None:
     """Run the whole pipeline on a tiny random model and bundled data: no GPU, no network.
 
     It builds (once) a tiny Qwen3-style model with random weights and a locally trained
     tokenizer, runs 50 bundled records, interrupts the run, shows `status`, resumes, and
     exports the tutorial's JSON. The model's text is noise: only the plumbing is real.
+    It runs on vLLM where its engine can start (a CUDA GPU, or vLLM's CPU build) and on
+    transformers otherwise, and says which.
     """
     from s2_vllm.demo import run_demo
 
-    run_demo(Path(directory), max_tokens=max_tokens, echo=click.echo)
+    run_demo(Path(directory), max_tokens=max_tokens, echo=click.echo, engine=engine)
 
 
 @cli.command("extract-labels")
@@ -296,9 +307,11 @@ def demo(directory: str, max_tokens: int) -> None:
 @click.option("--overwrite", is_flag=True, help="Start over when the checkpoint has another config (keeps a backup).")
 @click.option("--retry-failed", is_flag=True, help="Run again the records whose row is error or length.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@SHOW_ENGINE_LOG
 def extract_labels(checkpoints: tuple[str, ...], output: str, config_path: str | None, model: str | None,
                    engine: str | None, max_tokens: int, temperature: float, batch_size: int | None,
-                   limit: int | None, overwrite: bool, retry_failed: bool, no_progress: bool) -> None:
+                   limit: int | None, overwrite: bool, retry_failed: bool, no_progress: bool,
+                   show_engine_log: bool) -> None:
     """List the emotion labels each fused description supports (OV-MER), resumable like run.
 
     Reads the ok rows of fusion checkpoints (shards are merged); each row of the output keeps the
@@ -318,7 +331,7 @@ def extract_labels(checkpoints: tuple[str, ...], output: str, config_path: str |
     apply_overrides(config, "run", engine=engine)
     apply_overrides(config, "hf", batch_size=batch_size)
     options = RunOptions(Path(output), overwrite=overwrite, retry_failed=retry_failed, limit=limit,
-                         progress=not no_progress)
+                         progress=not no_progress, show_engine_log=show_engine_log)
     run_stage(config, options, expand(checkpoints), click.echo)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import orjson
 
+from s2_vllm.errors import one_line
 from s2_vllm.tiny import build_tiny_model, demo_paths
 
 INTERRUPT_AFTER = 15  # rows; then SIGINT, as a scheduler or Ctrl-C would
@@ -25,10 +26,32 @@ def _lines(path: Path) -> int:
         return 0
 
 
-def run_demo(directory: Path, *, max_tokens: int, echo: Callable[[str], None]) -> None:
+def choose_engine() -> tuple[str, str]:
+    """The engine the demo runs on, and why: vLLM wherever it can start, else transformers."""
+    try:
+        from s2_vllm.engines.vllm import _import_vllm
+
+        vllm = _import_vllm()
+        from vllm.platforms import current_platform
+    except Exception as exc:
+        return "hf", f"vLLM cannot be imported here ({one_line(exc)})"
+    if current_platform.is_cuda():
+        return "vllm", f"vLLM {vllm.__version__} sees a CUDA GPU"
+    if current_platform.is_cpu():
+        return "vllm", f"vLLM {vllm.__version__} is its CPU build; its engine starts in about a minute on 2 cores"
+    return "hf", (f"vLLM {vllm.__version__} is the CUDA build and sees no GPU "
+                  "(scripts/install.sh --cpu installs its CPU build)")
+
+
+def run_demo(directory: Path, *, max_tokens: int, echo: Callable[[str], None], engine: str | None = None) -> None:
     echo("s2-vllm demo: a tiny Qwen3-style model with RANDOM weights. Its text is noise;")
     echo("the join, prompts, checkpoint, resume and export around it are the real pipeline.\n")
     started = time.monotonic()
+    if engine is None:
+        engine, why = choose_engine()
+    else:
+        why = "--engine says so"
+    echo(f"engine: {'vLLM' if engine == 'vllm' else 'transformers (hf)'}, because {why}")
     model = build_tiny_model()
     echo(f"model and tokenizer: {model} (built once, then cached; {time.monotonic() - started:.1f}s)")
     directory.mkdir(parents=True, exist_ok=True)
@@ -41,8 +64,10 @@ def run_demo(directory: Path, *, max_tokens: int, echo: Callable[[str], None]) -
         old.unlink()
     echo(f"inputs: {audio} and {subtitles}\n")
 
-    run = ["run", "--engine", "hf", "--model", str(model), "--audio", str(audio), "--subtitles", str(subtitles),
-           "-o", str(checkpoint), "--max-tokens", str(max_tokens), "--temperature", "0", "--batch-size", "4"]
+    run = ["run", "--engine", engine, "--model", str(model), "--audio", str(audio), "--subtitles", str(subtitles),
+           "-o", str(checkpoint), "--max-tokens", str(max_tokens), "--temperature", "0"]
+    # A small window, so rows arrive one after another and the interrupt lands mid-run.
+    run += ["--batch-size", "4"] if engine == "hf" else ["--in-flight", "8"]
     echo("$ s2-vllm " + " ".join(run))
     process = subprocess.Popen([sys.executable, "-m", "s2_vllm", *run])
     while process.poll() is None and _lines(checkpoint) < INTERRUPT_AFTER:

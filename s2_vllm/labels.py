@@ -144,7 +144,7 @@ def add_labels(row: Row) -> Row:
 
 
 def extract_labels(config: Config, options: RunOptions, inputs: list[Path],
-                   echo: Callable[[str], None]) -> dict[str, Any]:
+                   echo: Callable[[str], None], engine: Any = None) -> dict[str, Any]:
     """Run the label stage over fusion checkpoints `inputs` into `options.output`; returns the summary."""
     from s2_vllm.pipeline import run
 
@@ -155,4 +155,4 @@ def extract_labels(config: Config, options: RunOptions, inputs: list[Path],
     records = description_records(inputs, echo)
     if options.limit is not None:
         records = records[:options.limit]
-    return run(stage, options, echo, records=records, postprocess=add_labels)
+    return run(stage, options, echo, records=records, postprocess=add_labels, engine=engine)

@@ -13,10 +13,12 @@ from typing import Any, TypeVar
 
 from s2_vllm.checkpoint import CheckpointStore, Row
 from s2_vllm.config import Config
-from s2_vllm.engines import check_engine_config, create_engine
-from s2_vllm.errors import InputError
+from s2_vllm.engine_log import EngineLog
+from s2_vllm.engines import Engine, check_engine_config, create_engine, platform_notes
+from s2_vllm.errors import EngineError, InputError
 from s2_vllm.progress import ProgressBar, RunStats, summary_lines
 from s2_vllm.prompts import PromptBuilder, iter_prompts, load_tokenizer, resolve_max_model_len
+from s2_vllm.reaper import Watchdog, stop_leftovers
 from s2_vllm.records import Record, join
 from s2_vllm.runner import Runner
 
@@ -34,6 +36,7 @@ class RunOptions:
     limit: int | None = None
     shard: tuple[int, int] | None = None  # (index, count), index from 0
     progress: bool = True
+    show_engine_log: bool = False  # the engine's output on the console, not in OUTPUT.engine.log
 
 
 class RunInterrupted(Exception):
@@ -76,11 +79,12 @@ def fingerprint(config: Config, tokenizer: Any) -> dict[str, Any]:
 
 
 def run(config: Config, options: RunOptions, echo: Echo, *, records: list[Record] | None = None,
-        postprocess: Postprocess | None = None) -> dict[str, Any]:
+        postprocess: Postprocess | None = None, engine: Engine | None = None) -> dict[str, Any]:
     """Run to the end (or to a signal); returns the summary. Raises RunInterrupted on a signal.
 
     By default the records are the join of the config's sources; a later stage (label
-    extraction) passes its own records and a `postprocess` that adds to each row.
+    extraction) passes its own records and a `postprocess` that adds to each row. A caller that
+    passes a running `engine` keeps it: it is used as it is and not closed (tests share one).
     """
     config.validate()
     if records is None:
@@ -110,7 +114,7 @@ def run(config: Config, options: RunOptions, echo: Echo, *, records: list[Record
         if stats.resumed:
             echo(f"resuming {options.output}: {stats.resumed} of {len(records)} records already done")
         if pending:
-            _generate(config, options, store, builder, tokenizer, pending, stats, postprocess)
+            _generate(config, options, store, builder, tokenizer, pending, stats, postprocess, echo, engine)
         summary = stats.summary(config.run.engine)
         store.write_summary(summary)
     for line in summary_lines(summary):
@@ -121,21 +125,53 @@ def run(config: Config, options: RunOptions, echo: Echo, *, records: list[Record
     return summary
 
 
+def engine_log_path(output: Path) -> Path:
+    return Path(f"{output}.engine.log")
+
+
+def engine_pids_path(output: Path) -> Path:
+    return Path(f"{output}.engine.pids")
+
+
 def _generate(config: Config, options: RunOptions, store: CheckpointStore, builder: PromptBuilder,
-              tokenizer: Any, pending: list[Record], stats: RunStats, postprocess: Postprocess | None) -> None:
+              tokenizer: Any, pending: list[Record], stats: RunStats, postprocess: Postprocess | None,
+              echo: Echo, given: Engine | None = None) -> None:
     store.write_summary(stats.summary(config.run.engine))
-    engine = create_engine(config, tokenizer)
-    stats.engine_ready = time.monotonic()
-    stats.details = getattr(engine, "summary_details", None)  # a replica pool adds per-replica numbers
-    progress = ProgressBar(stats, enabled=options.progress)
+    # The checkpoint's lock is ours, so an engine on this list belongs to a run that is gone.
+    stop_leftovers(engine_pids_path(options.output), echo)
+    for note in platform_notes(config):
+        echo(note)
+    log_path = engine_log_path(options.output)
+    if not options.show_engine_log:
+        echo(f"engine log: {log_path} (--show-engine-log shows it here)")
+    watchdog = Watchdog(engine_pids_path(options.output))
     try:
-        runner = Runner(engine, store, stats, seed=config.sampling.seed, thinking=config.prompt.enable_thinking,
-                        window=config.run.in_flight, progress=progress, postprocess=postprocess)
-        with prefetched(iter_prompts(builder, pending)) as prompts:
-            runner.run(prompts)
+        with EngineLog(log_path, live=options.show_engine_log):
+            try:
+                engine = given if given is not None else create_engine(config, tokenizer)
+            except EngineError as exc:
+                raise EngineError(f"{exc}{_see_log(options)}") from exc
+            stats.engine_ready = time.monotonic()
+            stats.details = getattr(engine, "summary_details", None)  # a replica pool adds per-replica numbers
+            progress = ProgressBar(stats, enabled=options.progress)
+            try:
+                runner = Runner(engine, store, stats, seed=config.sampling.seed,
+                                thinking=config.prompt.enable_thinking, window=config.run.in_flight,
+                                progress=progress, postprocess=postprocess)
+                with prefetched(iter_prompts(builder, pending)) as prompts:
+                    runner.run(prompts)
+            except EngineError as exc:
+                raise EngineError(f"{exc}{_see_log(options)}") from exc
+            finally:
+                progress.close()
+                if given is None:
+                    engine.close()
     finally:
-        progress.close()
-        engine.close()
+        watchdog.close()
+
+
+def _see_log(options: RunOptions) -> str:
+    return "" if options.show_engine_log else f" (the engine's log: {engine_log_path(options.output)})"
 
 
 class prefetched:

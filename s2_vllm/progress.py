@@ -21,6 +21,7 @@ class RunStats:
     truncated: int = 0  # rows whose prompt had a clue text cut to fit the context
     started: float = field(default_factory=time.monotonic)
     engine_ready: float | None = None  # when the model had loaded: throughput counts from here
+    finished: float | None = None  # when the last row was written (before the engine's shutdown)
     interrupted: bool = False
     details: Callable[[], dict[str, Any]] | None = None  # more summary keys (a replica pool's "replicas")
 
@@ -35,7 +36,7 @@ class RunStats:
         return sum(self.statuses.values())
 
     def generation_seconds(self) -> float:
-        return time.monotonic() - (self.engine_ready or self.started)
+        return (self.finished or time.monotonic()) - (self.engine_ready or self.started)
 
     def summary(self, engine: str) -> dict[str, Any]:
         seconds = self.generation_seconds()
@@ -89,26 +90,38 @@ def replica_lines(summary: dict[str, Any]) -> list[str]:
 
 
 class ProgressBar:
-    """tqdm over every record in scope; rows found at start count as done."""
+    """tqdm over every record in scope; rows found at start count as done.
 
-    def __init__(self, stats: RunStats, enabled: bool = True):
+    The output tok/s beside it counts the tokens of unfinished requests too (`tick`), so it is
+    right from the first seconds, not only once the first wave of requests has finished.
+    """
+
+    REFRESH_SECONDS = 0.5
+
+    def __init__(self, stats: RunStats, enabled: bool = True, file: Any = None):
         from tqdm import tqdm
 
         self.stats = stats
         self.bar = tqdm(
             total=stats.total, initial=stats.resumed, unit="rec", disable=not enabled, dynamic_ncols=True,
-            smoothing=0.1,
+            smoothing=0.1, file=file,
         )
         self.last = 0.0
+        self.in_flight_tokens = 0
 
     def update(self, row: Row) -> None:
         self.bar.update(1)
+
+    def tick(self, tokens_in_flight: Callable[[], int]) -> None:
+        """Called by the runner after each engine step: refresh the rate at most twice a second."""
         now = time.monotonic()
-        if now - self.last > 0.5:
-            self.last = now
-            seconds = self.stats.generation_seconds()
-            if seconds > 0:
-                self.bar.set_postfix_str(f"{self.stats.completion_tokens / seconds:.1f} out tok/s", refresh=False)
+        if now - self.last < self.REFRESH_SECONDS or self.bar.disable:
+            return
+        self.last = now
+        seconds = self.stats.generation_seconds()
+        if seconds > 0:
+            tokens = self.stats.completion_tokens + tokens_in_flight()
+            self.bar.set_postfix_str(f"{tokens / seconds:.1f} out tok/s", refresh=True)
 
     def close(self) -> None:
         self.bar.close()

@@ -66,17 +66,26 @@ class Runner:
                     self.in_step = True
                     try:
                         completions = self.engine.step()
+                    except Exception:
+                        # A signal to the whole process group (Ctrl-C, scancel) also stops vLLM's
+                        # engine process, so a step after it may fail: that is the stop, not a crash.
+                        if self.stopping.is_set():
+                            break
+                        raise
                     finally:
                         self.in_step = False
                     for completion in completions:
                         prompt = self.in_flight.pop(completion.key)
                         row = row_for_completion(prompt, completion, self.thinking)
                         self._write(self.postprocess(row) if self.postprocess else row)
+                    if self.progress is not None:
+                        self.progress.tick(self._tokens_in_flight)
                     if time.monotonic() - last_summary > self.SUMMARY_EVERY:
                         last_summary = time.monotonic()
                         self.sink.write_summary(self.stats.summary(self.engine.name))
             except Interrupted:
                 pass
+            self.stats.finished = time.monotonic()  # throughput ends here, not after the engine's shutdown
             if self.stopping.is_set():
                 self.stats.interrupted = True
                 self._abort()
@@ -102,6 +111,10 @@ class Runner:
                 self.in_flight[prompt.file_id] = prompt
         return False
 
+    def _tokens_in_flight(self) -> int:
+        count = getattr(self.engine, "tokens_in_flight", None)
+        return count() if count is not None else 0
+
     def _write(self, row: Row) -> None:
         self.sink.append(row)
         self.stats.add(row)
@@ -121,9 +134,13 @@ class Runner:
             yield
             return
 
+        # Only an engine whose step can run long (a whole HF batch) is left by raising inside it;
+        # a vLLM step is short, and an exception inside it would leave vLLM's client half-updated.
+        interruptible = getattr(self.engine, "interruptible_step", False)
+
         def handle(signum: int, frame: Any) -> None:
             self.stopping.set()
-            if self.in_step:  # a step can take long (a whole HF batch): leave it now
+            if self.in_step and interruptible:
                 raise Interrupted()
 
         previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -197,13 +197,13 @@ def _tilt_towards_eos(model: Any, eos_id: int) -> None:
         model.lm_head.weight[eos_id, EOS_DIM] = EOS_WEIGHT
 
 
-def _build_model(tokenizer: Any) -> Any:
+def _build_model(tokenizer: Any, vocab_size: int | None = None) -> Any:
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (PAD, IM_END)}
     config = Qwen3Config(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size or len(tokenizer),
         tie_word_embeddings=False,
         bos_token_id=ids[PAD],
         eos_token_id=ids[IM_END],
@@ -253,6 +253,30 @@ def _write_model(out: Path) -> None:
     _build_model(tokenizer).save_pretrained(out, safe_serialization=True)
     out.chmod(0o755)  # mkdtemp made it 0700
     (out / MARKER).write_text("tiny random Qwen3 for s2-vllm tests; its weights are noise\n", "utf-8")
+
+
+def build_tiny_model_for_tokenizer(tokenizer_dir: str | Path, dest: str | Path) -> Path:
+    """The tiny architecture, random weights, over another tokenizer (e.g. Qwen3's real one).
+
+    The embedding has Qwen3's 151,936 rows when the tokenizer is that large, so the chat
+    template, special tokens and token counts are the real model's; only the weights are noise.
+    """
+    from transformers import AutoTokenizer
+
+    dest = Path(dest)
+    if (dest / MARKER).exists():
+        return dest
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    vocab = max(len(tokenizer), QWEN3_8B["vocab_size"]) if len(tokenizer) > VOCAB_SIZE else len(tokenizer)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        tokenizer.save_pretrained(tmp)
+        _build_model(tokenizer, vocab).save_pretrained(tmp, safe_serialization=True)
+        (tmp / MARKER).write_text(f"tiny random Qwen3 over the tokenizer of {tokenizer_dir}\n", "utf-8")
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
 
 def write_qwen3_8b_config(dest: Path, tokenizer_dir: Path) -> Path:

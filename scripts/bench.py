@@ -5,8 +5,7 @@ same stand-in model (Qwen3-8B's shape, random weights) and the same sampling (ig
 seed 0). On a GPU each mode runs in its own process. OUT, OUT.md: after every mode. See docs/BENCHMARKS.md.
 
     python scripts/bench.py --out results.json --records 2000            # GPU node: every mode
-    python scripts/bench.py --device cpu --tiny --records 8 --tutorial-records 2 --max-tokens 4 \
-        --modes tutorial,hf --out /tmp/bench.json                         # CPU check, tiny model
+    python scripts/bench.py --device cpu --tiny --records 600 --max-tokens 64 --out cpu.json  # vLLM's CPU build
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ SMI = ["nvidia-smi", "-i", "0", "--query-gpu=memory.used", "--format=csv,noheade
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench-results.json", help="JSON results; the table goes to OUT.md")
-    p.add_argument("--modes", help=f"comma-separated, of: {', '.join(MODES)} (default: all; cpu: tutorial,hf)")
+    p.add_argument("--modes", help=f"comma-separated, of: {', '.join(MODES)} (default: all but s2-thinking on cpu)")
     p.add_argument("--records", type=int, default=2000, help="dataset size: records of plain, s2, s2-noprefix")
     p.add_argument("--tutorial-records", type=int, default=16, help="first records run by the tutorial loop")
     p.add_argument("--hf-records", type=int, default=64, help="first records run by the hf engine")
@@ -61,11 +60,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--mode-timeout", type=int, default=900, help="seconds before a mode's process is killed")
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)  # internal: MODE SPEC, one mode in this process
     args = p.parse_args()
-    args.modes = (args.modes or ("tutorial,hf" if args.device == "cpu" else ",".join(MODES))).split(",")
+    args.modes = (args.modes or ",".join(m for m in MODES if args.device == "cuda" or m != "s2-thinking")).split(",")
     if set(args.modes) - set(MODES):
         p.error(f"unknown mode(s) {sorted(set(args.modes) - set(MODES))}; choose from {list(MODES)}")
-    if args.device == "cpu" and (set(args.modes) - {"tutorial", "hf"} or not args.tiny):
-        p.error("--device cpu runs only the tutorial and hf modes, on the tiny model (--tiny)")
+    if args.device == "cpu" and not args.tiny:
+        p.error("--device cpu runs on the tiny model (--tiny): the stand-in's random 8B weights take minutes a token")
     return args
 
 
@@ -112,12 +111,11 @@ def prepare(args: argparse.Namespace, work: Path) -> dict:
 
 def s2_toml(spec: dict, mode: str) -> str:
     """The s2-vllm config of one s2 mode; the hf mode reads it too."""
-    thinking, vllm = mode == "s2-thinking", spec["device"] == "cuda" and mode != "hf"
+    thinking, cuda = mode == "s2-thinking", spec["device"] == "cuda" and mode != "hf"
     return "\n".join([
         "[engine]", f'model = "{spec["model"]}"', f'dtype = "{spec["dtype"]}"', "seed = 0",
-        f"max_model_len = {spec['max_model_len']}",
-        *(['load_format = "dummy"', f"gpu_memory_utilization = {spec['gpu_memory_utilization']}",
-           f"enable_prefix_caching = {str(mode != 's2-noprefix').lower()}"] if vllm else []),
+        f"max_model_len = {spec['max_model_len']}", f"enable_prefix_caching = {str(mode != 's2-noprefix').lower()}",
+        *(['load_format = "dummy"', f"gpu_memory_utilization = {spec['gpu_memory_utilization']}"] if cuda else []),
         "[sampling]", f"max_tokens = {spec['thinking_tokens' if thinking else 'max_tokens']}", "ignore_eos = true",
         *(f"{k} = {v}" for k, v in SAMPLING.items()),
         "[prompt]", f"enable_thinking = {str(thinking).lower()}",
@@ -187,12 +185,11 @@ def run_hf(spec: dict, n: int) -> dict:
 
 
 def from_summary(checkpoint: Path) -> dict:
-    """The summary's numbers, less the engine shutdown in generation_seconds (last row -> summary, by mtimes)."""
-    path = Path(f"{checkpoint}.summary.json")
-    summary, close = json.loads(path.read_text("utf-8")), max(0.0, path.stat().st_mtime - checkpoint.stat().st_mtime)
+    """The summary's numbers: generation_seconds runs from the engine's start to the last row."""
+    summary = json.loads(Path(f"{checkpoint}.summary.json").read_text("utf-8"))
     return {"records": summary["written"], "prompt_tokens": summary["prompt_tokens"],
-            "output_tokens": summary["completion_tokens"], "seconds": summary["generation_seconds"] - close,
-            "generation_seconds": summary["generation_seconds"], "close_seconds": round(close, 3)}
+            "output_tokens": summary["completion_tokens"], "seconds": summary["generation_seconds"],
+            "wall_seconds": summary["wall_seconds"]}
 
 
 def run_vllm(spec: dict, n: int, paper: bool) -> dict:
@@ -201,8 +198,15 @@ def run_vllm(spec: dict, n: int, paper: bool) -> dict:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    llm = LLM(model=spec["model"], load_format="dummy", dtype="bfloat16", max_model_len=spec["max_model_len"],
-              gpu_memory_utilization=spec["gpu_memory_utilization"], seed=0)
+    from s2_vllm.config import EngineConfig
+    from s2_vllm.engines.vllm_cpu import settings_here
+
+    args = {"model": spec["model"], "dtype": spec["dtype"], "max_model_len": spec["max_model_len"], "seed": 0}
+    if spec["device"] == "cuda":
+        args |= {"load_format": "dummy", "gpu_memory_utilization": spec["gpu_memory_utilization"]}
+    platform = settings_here(EngineConfig(**args))  # on vLLM's CPU build, what s2-vllm sets there too
+    os.environ.update(platform.env)
+    llm = LLM(**args, **platform.engine_args)
     params = SamplingParams(max_tokens=spec["max_tokens"], ignore_eos=True, **SAMPLING)
     prompts = read_prompts(spec, n)
     token_prompts, start = [TokensPrompt(prompt_token_ids=p["ids"]) for p in prompts], time.perf_counter()
@@ -240,19 +244,21 @@ def run_mode(mode: str, spec: dict, spec_path: Path, timeout: int) -> dict:
     work, n = Path(spec["work"]), spec["records"].get(mode, 0)
     for old in work.glob(f"{mode}.jsonl*"):  # a checkpoint left by an earlier run would be resumed
         old.unlink()
-    if spec["device"] == "cpu":  # no GPU memory to free between modes
+    cuda = spec["device"] == "cuda"
+    if not cuda and mode in ("tutorial", "hf"):  # no engine processes, no GPU memory to free between modes
         return WORKERS[mode](spec, n)
     toml, output, log = work / f"{mode}.toml", work / f"{mode}.jsonl", work / f"{mode}.log"
     if mode.startswith("s2"):
         toml.write_text(s2_toml(spec, mode), "utf-8")
         cmd = ["-m", "s2_vllm", "run", "--engine", "vllm", "--config", str(toml), "--audio", spec["audio"],
-               "--subtitles", spec["subtitles"], "--limit", str(n), "--no-progress", "-o", str(output)]
+               "--subtitles", spec["subtitles"], "--limit", str(n), "--no-progress", "--show-engine-log", "-o", str(output)]
     else:
         cmd = [__file__, "--worker", mode, str(spec_path)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1")
     with open(log, "w", encoding="utf-8") as f, open(work / f"{mode}.memory", "w") as memory:
-        smi = subprocess.Popen([*SMI, "-lms", "250"], stdout=memory, stderr=subprocess.DEVNULL)
+        smi = subprocess.Popen([*SMI, "-lms", "250"] if cuda else ["sleep", "infinity"], stdout=memory,
+                               stderr=subprocess.DEVNULL)
         proc = subprocess.Popen([sys.executable, *cmd], stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                                 start_new_session=True)  # its own process group: vLLM's engine core goes with it
         try:
@@ -263,7 +269,7 @@ def run_mode(mode: str, spec: dict, spec_path: Path, timeout: int) -> dict:
             os.killpg(proc.pid, signal.SIGKILL)
         smi.terminate()
         smi.wait()
-    for _ in range(120):  # the next mode's vLLM checks free memory at start: wait until this one's is released
+    for _ in range(120 if cuda else 0):  # the next mode's vLLM checks free memory at start: wait for this one's
         if int((subprocess.run(SMI, capture_output=True, text=True).stdout.split() or ["0"])[0]) < 2048:
             break
         time.sleep(0.5)

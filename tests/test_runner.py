@@ -107,8 +107,56 @@ def test_sigterm_stops_feeding_aborts_in_flight_and_keeps_written_rows():
             os.kill(os.getpid(), signal.SIGTERM)
 
     engine, sink = ShuffledEngine(capacity=4, on_step=kill_on_third_step), ListSink()
+    engine.interruptible_step = True  # like the hf engine: the signal ends the step it arrives in
     stats = Runner(engine, sink, RunStats(total=20, resumed=0), seed=0, thinking=False).run(prompts(20))
     assert stats.interrupted and engine.aborted
     assert len(sink.rows) == 4  # two steps' worth; the third step's results were dropped
     assert len({r.file_id for r in sink.rows}) == 4
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_signal_during_a_short_step_lets_it_finish_and_keeps_its_rows():
+    def kill_on_third_step(engine):
+        if engine.steps == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    engine, sink = ShuffledEngine(capacity=4, on_step=kill_on_third_step), ListSink()  # like vLLM: not interruptible
+    stats = Runner(engine, sink, RunStats(total=20, resumed=0), seed=0, thinking=False).run(prompts(20))
+    assert stats.interrupted and engine.aborted and engine.steps == 3
+    assert len(sink.rows) == len({r.file_id for r in sink.rows}) == 6  # the third step's rows are kept
+
+
+def test_a_step_that_fails_after_the_stop_signal_is_the_stop_not_a_crash():
+    def die_after_signal(engine):
+        if engine.steps == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C reaches vLLM's engine process too,
+            raise RuntimeError("EngineDeadError")  # which dies under the step in flight
+
+    engine, sink = ShuffledEngine(capacity=4, on_step=die_after_signal), ListSink()
+    stats = Runner(engine, sink, RunStats(total=20, resumed=0), seed=0, thinking=False).run(prompts(20))
+    assert stats.interrupted and engine.aborted
+    assert len(sink.rows) == 4 and stats.finished is not None
+
+
+def test_throughput_ends_with_the_last_row_not_with_the_engine_close():
+    import time
+
+    engine, sink = ShuffledEngine(capacity=3), ListSink()
+    stats = Runner(engine, sink, RunStats(total=6, resumed=0), seed=0, thinking=False).run(prompts(6))
+    seconds = stats.summary("shuffled")["generation_seconds"]
+    time.sleep(0.3)  # the engine closing, after the loop
+    assert stats.summary("shuffled")["generation_seconds"] == seconds
+
+
+def test_progress_counts_the_tokens_of_unfinished_requests():
+    from s2_vllm.progress import ProgressBar
+
+    stats = RunStats(total=8, resumed=0, completion_tokens=6)
+    stats.engine_ready, stats.finished = stats.started, stats.started + 2.0  # 2 s of generation
+    bar = ProgressBar(stats, enabled=True, file=open(os.devnull, "w"))
+    shown = []
+    bar.bar.set_postfix_str = lambda text, refresh=True: shown.append(text)
+    bar.tick(lambda: 20)  # 6 tokens of finished rows + 20 of requests still running
+    bar.tick(lambda: 40)  # within REFRESH_SECONDS: not shown again
+    assert shown == ["13.0 out tok/s"]
+    bar.close()

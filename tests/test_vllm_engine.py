@@ -17,6 +17,7 @@ import pytest
 from s2_vllm.config import Config, EngineConfig, SamplingConfig, config_from_dict, load_config
 from s2_vllm.engines.base import GenerationRequest
 from s2_vllm.engines.vllm import VLLMEngine, engine_kwargs, sampling_params
+from s2_vllm.engines.vllm_cpu import PlatformSettings
 from s2_vllm.errors import ConfigError, EngineError
 
 vllm = pytest.importorskip("vllm")
@@ -115,7 +116,8 @@ def make_engine(fake=None, engine_cfg=None, sampling=None, in_flight=None):
         built.append(llm)
         return llm
 
-    eng = VLLMEngine(engine_cfg or EngineConfig(), sampling or SamplingConfig(), in_flight, llm_factory=factory)
+    eng = VLLMEngine(engine_cfg or EngineConfig(), sampling or SamplingConfig(), in_flight, platform=PlatformSettings(),
+                     llm_factory=factory)
     return eng, fake, built
 
 
@@ -289,7 +291,7 @@ def test_engine_passes_kwargs_to_factory_and_tokens_unchanged():
     eng.add(GenerationRequest("a", [151644, 872, 198], 4242))
     (rid, prompt, params), = fake.added
     assert rid == "a"
-    assert prompt == {"prompt_token_ids": [151644, 872, 198]}  # a TokensPrompt: never text
+    assert prompt == {"type": "token", "prompt_token_ids": [151644, 872, 198]}  # token ids: never text
     assert isinstance(params, vllm.SamplingParams) and params.seed == 4242
     assert params.temperature == 0.0 and params.output_kind == RequestOutputKind.FINAL_ONLY
 
@@ -414,7 +416,7 @@ def test_start_failure_is_engine_error():
             raise RuntimeError("Engine core initialization failed. See root cause above.") from exc
 
     with pytest.raises(EngineError) as err:
-        VLLMEngine(EngineConfig(model="Qwen/Nope"), SamplingConfig(), llm_factory=factory)
+        VLLMEngine(EngineConfig(model="Qwen/Nope"), SamplingConfig(), platform=PlatformSettings(), llm_factory=factory)
     msg = str(err.value)
     assert msg.startswith("vLLM engine failed to start (Qwen/Nope): RuntimeError: Engine core initialization failed")
     assert "OSError: Qwen/Nope is not a local folder; and not a valid model identifier" in msg
@@ -429,9 +431,9 @@ def test_bad_config_fails_before_the_engine_is_built():
         return FakeLLM(FakeLLMEngine(), **kwargs)
 
     with pytest.raises(ConfigError, match="top_k"):
-        VLLMEngine(EngineConfig(), SamplingConfig(top_k=-7), llm_factory=factory)
+        VLLMEngine(EngineConfig(), SamplingConfig(top_k=-7), platform=PlatformSettings(), llm_factory=factory)
     with pytest.raises(ConfigError, match="unknown vLLM engine argument"):
-        VLLMEngine(EngineConfig(extra={"nope_nope": 1}), SamplingConfig(), llm_factory=factory)
+        VLLMEngine(EngineConfig(extra={"nope_nope": 1}), SamplingConfig(), platform=PlatformSettings(), llm_factory=factory)
     assert calls == []
 
 

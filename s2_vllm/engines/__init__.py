@@ -7,7 +7,8 @@ from typing import Any
 from s2_vllm.config import Config
 from s2_vllm.engines.base import Completion, Engine, GenerationRequest, record_seed
 
-__all__ = ["Completion", "Engine", "GenerationRequest", "check_engine_config", "create_engine", "record_seed"]
+__all__ = ["Completion", "Engine", "GenerationRequest", "check_engine_config", "create_engine", "platform_notes",
+           "record_seed"]
 
 
 def check_engine_config(config: Config) -> None:
@@ -17,6 +18,15 @@ def check_engine_config(config: Config) -> None:
 
         engine_kwargs(config.engine)
         sampling_params(config.sampling, 0)
+
+
+def platform_notes(config: Config) -> list[str]:
+    """Lines for the run's header: what s2-vllm sets for the platform the engine runs on, and why."""
+    if config.run.engine != "vllm" or config.parallel.ray_address:
+        return []  # Ray replicas run elsewhere; their platform is not this machine's
+    from s2_vllm.engines.vllm_cpu import settings_here
+
+    return [f"vLLM on CPU: {note}" for note in settings_here(config.engine, replicas=config.parallel.replicas).notes]
 
 
 def create_engine(config: Config, tokenizer: Any) -> Engine:

@@ -31,6 +31,10 @@ class Completion:
 
 
 class Engine(Protocol):
+    """Optional members the runner looks for: `interruptible_step` (True when a step can run
+    long and a Ctrl-C may end it by raising inside it) and `tokens_in_flight()` (output tokens
+    of unfinished requests so far, for the progress bar)."""
+
     name: str
 
     def capacity(self) -> int:

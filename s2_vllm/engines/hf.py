@@ -19,6 +19,7 @@ _QUEUE_FACTOR = 4  # requests kept queued per batch slot, so batches can group s
 
 class HFEngine:
     name = "hf"
+    interruptible_step = True  # one step is a whole batch: a signal may end it early
 
     def __init__(self, engine: EngineConfig, sampling: SamplingConfig, hf: HFConfig, tokenizer: Any):
         import torch

@@ -56,6 +56,7 @@ class Replica:
     records: int = 0
     prompt_tokens: int = 0
     output_tokens: int = 0
+    tokens_in_flight: int = 0  # as it last reported
 
 
 class PoolBase(ABC):
@@ -143,6 +144,9 @@ class PoolBase(ABC):
 
     def has_unfinished(self) -> bool:
         return bool(self.backlog or self.finished or any(r.in_flight for r in self._live()))
+
+    def tokens_in_flight(self) -> int:
+        return sum(r.tokens_in_flight for r in self._live())
 
     def abort(self) -> None:
         self.backlog.clear()
@@ -246,6 +250,8 @@ class PoolBase(ABC):
                 replica.prompt_tokens += completion.prompt_tokens
                 replica.output_tokens += completion.completion_tokens
                 self.finished.append(completion)
+        elif kind == "tokens":
+            replica.tokens_in_flight = message[1]
         elif kind in ("dead", "lost"):
             self._lose(replica, message[1])
 

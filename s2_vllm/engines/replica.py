@@ -5,7 +5,8 @@ pool (pool.py) only through `receive` and `send`. The rest decides what each rep
 its config, its GPUs and its environment.
 
 Messages, pool -> replica: ("add", [GenerationRequest]), ("abort",), ("stop",).
-Replica -> pool: ("ready", capacity, pid, place), ("done", [Completion]),
+Replica -> pool: ("ready", capacity, pid, place), ("done", [Completion]), ("tokens", n) (output tokens of
+its unfinished requests, for the progress bar),
 ("failed", is_user_error, text) when the engine cannot start, ("dead", text) when it dies.
 """
 
@@ -17,6 +18,7 @@ import queue
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +27,7 @@ from s2_vllm.engines.base import Completion
 from s2_vllm.errors import ConfigError, UserError, one_line
 
 IDLE_SECONDS = 0.5  # longest an idle replica waits for work before looking again
+TOKENS_EVERY = 0.5  # how often a replica reports the output tokens of its unfinished requests
 
 # Every replica gets these: only the parent draws a progress bar, vLLM's lines say whose they are,
 # and an engine core started by a replica does not inherit the replica's pipe (no fork).
@@ -49,6 +52,8 @@ def serve(config: Config, env: dict[str, str], receive: Callable[[float], Any], 
     devices = os.environ.get("CUDA_VISIBLE_DEVICES")
     place = f"{socket.gethostname()} {'GPU ' + devices if devices else 'CPU'}"
     send(("ready", engine.capacity(), os.getpid(), place))
+    count_tokens = getattr(engine, "tokens_in_flight", None)
+    last_count = 0.0
     try:
         done: list[Completion] = []
         while True:
@@ -72,6 +77,9 @@ def serve(config: Config, env: dict[str, str], receive: Callable[[float], Any], 
             if done:
                 send(("done", done))
                 done = []
+            if count_tokens is not None and time.monotonic() - last_count > TOKENS_EVERY:
+                last_count = time.monotonic()
+                send(("tokens", count_tokens()))
     except Exception as exc:
         send(("dead", one_line(exc)))
     finally:
@@ -176,6 +184,11 @@ def replica_envs(config: Config, gpus: list[str] | None = None) -> list[dict[str
     if slices is not None:
         for env, devices in zip(envs, slices):
             env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+    elif config.run.engine == "vllm":  # vLLM's CPU build: each replica its cores and its KV cache
+        from s2_vllm.engines.vllm_cpu import settings_here
+
+        for i, env in enumerate(envs):
+            env.update(settings_here(config.engine, replicas=n, replica=i).env)
     elif "OMP_NUM_THREADS" not in os.environ:  # CPU: N torch thread pools must not fight over the cores
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         threads = str(max(1, cores // n))

@@ -3,7 +3,7 @@
 `VLLMEngine` drives `vllm.LLM(...).llm_engine` directly (`add_request` / `step` /
 `abort_request`) instead of calling `LLM.generate()`: the runner keeps a bounded window of
 requests in flight, refills it as soon as any request finishes, and writes each finished
-request at once. Prompts arrive as token ids and go in as `TokensPrompt`, so vLLM never
+request at once. Prompts arrive as token ids and go in as token engine inputs, so vLLM never
 re-tokenizes them.
 
 `vllm` (and with it torch) is imported only inside functions, so importing this module
@@ -16,10 +16,12 @@ import dataclasses
 import difflib
 import inspect
 import os
+import sys
 from typing import Any, Callable
 
 from s2_vllm.config import EngineConfig, SamplingConfig
 from s2_vllm.engines.base import Completion, GenerationRequest
+from s2_vllm.engines.vllm_cpu import PlatformSettings, settings_here
 from s2_vllm.errors import ConfigError, EngineError
 
 # EngineConfig fields passed to vllm.LLM when not None (`extra` is merged in afterwards).
@@ -41,11 +43,27 @@ def _import_vllm() -> Any:
 
     # torch warns on import when CUDA_HOME exists but no CUDA runtime does (any CPU box with nvcc).
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    if (loaded := sys.modules.get("vllm")) is not None:
+        return loaded  # called for every request (sampling_params): the checks below ran once
+    both = _installed_vllm_distributions() == ["vllm", "vllm-cpu"]
+    if both:  # they share the package folder `vllm`: which files are whose is anyone's guess
+        raise EngineError("both vllm (CUDA) and vllm-cpu are installed; keep one: scripts/install.sh --cuda or --cpu")
+    from s2_vllm.engine_log import held_back
+
     try:
-        import vllm
+        with held_back():  # its import-time lines belong in the engine log, not on the console
+            import vllm
+
+            vllm.LLM  # vllm/__init__ imports lazily: this is the heavy import that logs
     except ImportError as exc:  # pragma: no cover - vllm is a hard dependency
         raise EngineError(f"cannot import vLLM ({_one_line(exc)}); install it or use --engine hf") from None
     return vllm
+
+
+def _installed_vllm_distributions() -> list[str]:
+    import importlib.metadata as metadata
+
+    return [name for name in ("vllm", "vllm-cpu") if next(iter(metadata.distributions(name=name)), None) is not None]
 
 
 def _check_type(where: str, value: Any, annotations: list[Any]) -> None:
@@ -169,6 +187,7 @@ class VLLMEngine:
         sampling: SamplingConfig,
         in_flight: int | None = None,
         *,
+        platform: PlatformSettings | None = None,
         llm_factory: Callable[..., Any] | None = None,
     ) -> None:
         if in_flight is not None and in_flight < 1:
@@ -177,16 +196,18 @@ class VLLMEngine:
         sampling_params(sampling, 0)  # bad sampling values fail before the model loads
         kwargs = engine_kwargs(engine)
         vllm = _import_vllm()
-        from vllm.inputs import TokensPrompt
+        from vllm.inputs import tokens_input
 
-        self._tokens_prompt = TokensPrompt
+        self._tokens_input = tokens_input
+        platform = settings_here(engine) if platform is None else platform
+        os.environ.update(platform.env)  # before the engine starts its processes, which inherit it
+        kwargs.update(platform.engine_args)
         factory = llm_factory if llm_factory is not None else vllm.LLM
         try:
             self._llm = factory(**kwargs)
             self._engine = self._llm.llm_engine
         except Exception as exc:
-            hint = "" if llm_factory is not None or _cuda_available() else "no CUDA GPU is visible (on CPU use --engine hf); "
-            raise EngineError(f"vLLM engine failed to start ({engine.model}): {hint}{_cause(exc)}") from exc
+            raise EngineError(f"vLLM engine failed to start ({engine.model}): {_cause(exc)}") from exc
         self._in_flight: dict[str, int] = {}  # key -> prompt length, for requests added and unfinished
         max_num_seqs = engine.max_num_seqs or _engine_max_num_seqs(self._engine) or DEFAULT_MAX_NUM_SEQS
         self._capacity = in_flight if in_flight is not None else 2 * max_num_seqs
@@ -198,7 +219,9 @@ class VLLMEngine:
         if request.key in self._in_flight:
             raise ValueError(f"request '{request.key}' is already in flight")
         params = sampling_params(self._sampling, request.seed)
-        prompt = self._tokens_prompt(prompt_token_ids=list(request.prompt_token_ids))
+        # An engine input ("type": "token"), not a raw prompt dict: vLLM then neither re-processes
+        # the prompt nor warns that raw prompts are deprecated.
+        prompt = self._tokens_input(list(request.prompt_token_ids))
         # Raises for this request alone (e.g. prompt longer than max_model_len).
         self._engine.add_request(request_id=request.key, prompt=prompt, params=params)
         self._in_flight[request.key] = len(request.prompt_token_ids)
@@ -225,6 +248,19 @@ class VLLMEngine:
 
     def has_unfinished(self) -> bool:
         return bool(self._in_flight)
+
+    def tokens_in_flight(self) -> int:
+        """Output tokens generated so far by unfinished requests, for the progress bar.
+
+        Only finished requests come back from `step` (FINAL_ONLY), so without this the bar would
+        read 0 tok/s until the first wave of requests ends. It reads vLLM's per-request
+        detokenizer state, which is not a public API: any failure counts as 0.
+        """
+        try:
+            states = self._engine.output_processor.request_states
+            return sum(state.detokenizer.num_output_tokens() for state in list(states.values()))
+        except Exception:
+            return 0
 
     def abort(self) -> None:
         keys, self._in_flight = list(self._in_flight), {}
@@ -268,12 +304,6 @@ class VLLMEngine:
         if reason is not None:
             return Completion(key, text, reason, prompt_tokens, n)
         return Completion(key, text, "error", prompt_tokens, n, f"vLLM finished the request with reason '{first.finish_reason}'")
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _engine_max_num_seqs(llm_engine: Any) -> int | None:

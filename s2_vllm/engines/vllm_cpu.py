@@ -1,0 +1,134 @@
+"""What s2-vllm sets when vLLM runs on its CPU build, and why; nothing here applies on CUDA.
+
+Each rule gives way to the user: a key set in `[engine]`/`[engine.extra]` or a variable already
+in the environment is left as it is. `cpu_settings` is pure (it is handed the environment and
+the memory size), so the rules are tested without an engine; `VLLMEngine` applies them and the
+pipeline prints their notes in the run's header.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from s2_vllm.config import EngineConfig
+
+GiB = 1 << 30
+KV_CACHE_SHARE = 4  # a quarter of the memory available at start goes to the KV cache(s)
+KV_CACHE_MAX_GIB = 32
+DEFAULT_MAX_NUM_SEQS = 256  # vLLM's scheduler default on CPU
+
+
+@dataclass
+class PlatformSettings:
+    engine_args: dict[str, Any] = field(default_factory=dict)  # added to vllm.LLM's arguments
+    env: dict[str, str] = field(default_factory=dict)  # set before the engine starts its processes
+    notes: list[str] = field(default_factory=list)  # one line each, for the run's header
+
+
+def is_cpu_platform() -> bool:
+    """True when the installed vLLM is its CPU build (or finds no GPU to run on)."""
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
+def available_memory() -> int:
+    """MemAvailable in bytes (the kernel's estimate of what can be had without swapping)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * GiB
+
+
+def cpu_settings(cfg: EngineConfig, environ: Mapping[str, str], *, available: int, cores: list[int],
+                 needed: int | None = None, replicas: int = 1, replica: int = 0) -> PlatformSettings:
+    """`needed`: the bytes of KV cache the engine could fill at most (None: unknown)."""
+    out = PlatformSettings()
+    if "enable_chunked_prefill" not in cfg.extra:
+        # vLLM's CPU model runner moves each seeded request's generator back after a partial
+        # prefill (gen.set_offset), which CPU torch generators do not support: the engine dies at
+        # the first prompt split over two steps. s2-vllm seeds every record.
+        out.engine_args["enable_chunked_prefill"] = False
+        out.notes.append("chunked prefill off: vLLM's CPU sampler cannot resume a seeded request split over "
+                         "steps ([engine.extra] enable_chunked_prefill = true overrides)")
+    elif cfg.extra["enable_chunked_prefill"]:
+        out.notes.append("chunked prefill on, as [engine.extra] says: vLLM's CPU engine can die on seeded "
+                         "sampling with it")
+
+    if "VLLM_CPU_KVCACHE_SPACE" in environ:
+        out.notes.append(f"KV cache: {environ['VLLM_CPU_KVCACHE_SPACE']} GiB per engine (VLLM_CPU_KVCACHE_SPACE, as set)")
+    elif cfg.gpu_memory_utilization is None and "kv_cache_memory_bytes" not in cfg.extra:
+        # Without either, vLLM's CPU worker reserves gpu_memory_utilization (0.92) of the whole
+        # NUMA node and refuses to start when less than that is free, which is the usual case.
+        # What the engine can fill at most is enough; more only costs start-up time (zeroing).
+        share = max(1, min(KV_CACHE_MAX_GIB, available // (KV_CACHE_SHARE * replicas) // GiB))
+        gib = share if needed is None else max(1, min(share, -(-needed // GiB)))
+        out.env["VLLM_CPU_KVCACHE_SPACE"] = str(gib)
+        why = ("a quarter of the free memory" if gib == share and (needed is None or needed > share * GiB)
+               else "all that max_num_seqs sequences of max_model_len tokens can fill")
+        out.notes.append(f"KV cache: {gib} GiB per engine, {why} (VLLM_CPU_KVCACHE_SPACE overrides)")
+
+    if "VLLM_CPU_OMP_THREADS_BIND" in environ:
+        out.notes.append(f"threads bound as VLLM_CPU_OMP_THREADS_BIND={environ['VLLM_CPU_OMP_THREADS_BIND']} says")
+    elif cores and (cfg.tensor_parallel_size or 1) * (cfg.pipeline_parallel_size or 1) == 1:
+        # vLLM's "auto" binding keeps one core free for its scheduler process, which on a small
+        # machine halves the compute; every core (or, with replicas, an even share) is faster.
+        out.env["VLLM_CPU_OMP_THREADS_BIND"] = _ranges(_share(cores, replicas, replica))
+        shares = " | ".join(_ranges(_share(cores, replicas, i)) for i in range(replicas))
+        where = f"replica by replica, to cores {shares}" if replicas > 1 else f"to cores {shares}"
+        out.notes.append(f"threads bound {where} (VLLM_CPU_OMP_THREADS_BIND overrides)")
+    return out
+
+
+def _share(cores: list[int], n: int, i: int) -> list[int]:
+    """Replica i's contiguous share of the cores (all of them when there are fewer cores than replicas)."""
+    if n <= 1 or len(cores) < n:
+        return cores
+    size, extra = divmod(len(cores), n)
+    start = i * size + min(i, extra)
+    return cores[start:start + size + (i < extra)]
+
+
+def _ranges(cores: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5' (the form VLLM_CPU_OMP_THREADS_BIND takes)."""
+    parts, start = [], None
+    for a, b in zip(cores, cores[1:] + [None]):
+        start = a if start is None else start
+        if b != a + 1:
+            parts.append(f"{start}-{a}" if a != start else str(a))
+            start = None
+    return ",".join(parts)
+
+
+def kv_cache_ceiling(cfg: EngineConfig) -> int | None:
+    """Bytes of KV cache the engine can fill at most: max_num_seqs sequences of max_model_len
+    tokens, at 2 bytes a value (vLLM's CPU backend runs bf16). None when the model's config
+    cannot be read."""
+    try:
+        from transformers import AutoConfig
+
+        model = AutoConfig.from_pretrained(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+        text = getattr(model, "text_config", None) or model
+        heads = text.num_attention_heads
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+        kv_heads = getattr(text, "num_key_value_heads", None) or heads
+        tokens = (cfg.max_model_len or text.max_position_embeddings) * (cfg.max_num_seqs or DEFAULT_MAX_NUM_SEQS)
+        return 2 * text.num_hidden_layers * kv_heads * head_dim * 2 * tokens
+    except Exception:
+        return None
+
+
+def settings_here(cfg: EngineConfig, replicas: int = 1, replica: int = 0) -> PlatformSettings:
+    """The settings for this machine: empty unless vLLM runs on the CPU."""
+    if not is_cpu_platform():
+        return PlatformSettings()
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    return cpu_settings(cfg, os.environ, available=available_memory(), cores=cores, needed=kv_cache_ceiling(cfg),
+                        replicas=replicas, replica=replica)
