@@ -18,7 +18,7 @@ from s2_vllm.engines.base import Engine, GenerationRequest, record_seed
 from s2_vllm.progress import ProgressBar, RunStats
 from s2_vllm.prompts import Prompt
 from s2_vllm.results import row_for_completion, row_without_model
-from s2_vllm.errors import one_line
+from s2_vllm.errors import EngineError, one_line
 
 
 class RowSink(Protocol):
@@ -105,6 +105,8 @@ class Runner:
             request = GenerationRequest(prompt.file_id, prompt.token_ids, record_seed(self.seed, prompt.file_id))
             try:
                 self.engine.add(request)
+            except EngineError:
+                raise  # the engine is gone: no record is to blame
             except Exception as exc:  # one bad request must not stop the others
                 self._write(row_without_model(prompt, error=f"engine refused the request: {one_line(exc)}"))
             else:

@@ -4,12 +4,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import orjson
 import pytest
 
 from s2_vllm.tiny import demo_paths
+from vllm_helpers import rows, wait_for_rows
 
 pytestmark = pytest.mark.slow
 
@@ -18,19 +18,6 @@ def run_cli(*args, **kw):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "s2_vllm", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, **kw)
-
-
-def rows(path):
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
-
-
-def wait_for_rows(path, n, process, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        if path.exists() and path.read_bytes().count(b"\n") >= n:
-            return True
-        time.sleep(0.01)
-    return False
 
 
 @pytest.fixture

@@ -14,14 +14,15 @@ import orjson
 import pytest
 
 from s2_vllm.engines.vllm_cpu import is_cpu_platform
-from tests.vllm_helpers import cli, engine_processes, kill_all, rows, wait_for_rows, wait_gone, write_dataset
+from vllm_helpers import cli, engine_processes, kill_all, rows, wait_for_rows, wait_gone, write_dataset
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 N = 160
 # Greedy, every record exactly 24 tokens (ignore_eos): rows arrive at an even pace with a small
 # window, so a signal lands mid-run, and a resumed run must give exactly the clean run's rows.
-GREEDY = "[sampling]\ntemperature = 0\nmax_tokens = 24\nignore_eos = true\n"
+# enforce_eager: no compile step, so each of the many engine starts here is shorter.
+GREEDY = "[engine]\nenforce_eager = true\n[sampling]\ntemperature = 0\nmax_tokens = 24\nignore_eos = true\n"
 
 
 @pytest.fixture(scope="module")

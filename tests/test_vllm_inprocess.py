@@ -19,7 +19,7 @@ from s2_vllm.progress import RunStats
 from s2_vllm.prompts import Prompt
 from s2_vllm.runner import Runner
 from s2_vllm.tiny import build_tiny_model_for_tokenizer, demo_paths
-from tests.vllm_helpers import cli, rows
+from vllm_helpers import cli, rows
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -91,7 +91,7 @@ def test_runs_through_the_pipeline_and_labels_on_the_shared_engine(engine, tiny_
     summary = run(config, RunOptions(fused, progress=False), lambda line: None, engine=engine)
     got = rows(fused)
     assert summary["written"] == len(got) == 47
-    assert {r["status"] for r in got} <= {"ok", "length"} and any(r["status"] == "ok" for r in got)
+    assert {r["status"] for r in got} == {"ok", "length", "skipped"}  # the demo data has one empty subtitle
     # The engine was the caller's: it is still usable.
     assert engine.capacity() == 16 and not engine.has_unfinished()
 

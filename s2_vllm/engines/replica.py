@@ -24,7 +24,7 @@ from typing import Any
 
 from s2_vllm.config import Config, ParallelConfig
 from s2_vllm.engines.base import Completion
-from s2_vllm.errors import ConfigError, UserError, one_line
+from s2_vllm.errors import ConfigError, EngineError, UserError, one_line
 
 IDLE_SECONDS = 0.5  # longest an idle replica waits for work before looking again
 TOKENS_EVERY = 0.5  # how often a replica reports the output tokens of its unfinished requests
@@ -68,6 +68,8 @@ def serve(config: Config, env: dict[str, str], receive: Callable[[float], Any], 
                     for request in message[1]:
                         try:
                             engine.add(request)
+                        except EngineError:
+                            raise  # the engine is gone: this replica is dead, not the request
                         except Exception as exc:  # this request alone, as the runner does in-process
                             done.append(Completion(request.key, "", "error", len(request.prompt_token_ids), 0,
                                                    f"engine refused the request: {one_line(exc)}"))

@@ -17,6 +17,7 @@ import difflib
 import inspect
 import os
 import sys
+import threading
 from typing import Any, Callable
 
 from s2_vllm.config import EngineConfig, SamplingConfig
@@ -211,6 +212,8 @@ class VLLMEngine:
         self._in_flight: dict[str, int] = {}  # key -> prompt length, for requests added and unfinished
         max_num_seqs = engine.max_num_seqs or _engine_max_num_seqs(self._engine) or DEFAULT_MAX_NUM_SEQS
         self._capacity = in_flight if in_flight is not None else 2 * max_num_seqs
+        self._closed = threading.Event()
+        _wake_step_when_core_dies(self._engine, self._closed)
 
     def capacity(self) -> int:
         return self._capacity
@@ -222,8 +225,14 @@ class VLLMEngine:
         # An engine input ("type": "token"), not a raw prompt dict: vLLM then neither re-processes
         # the prompt nor warns that raw prompts are deprecated.
         prompt = self._tokens_input(list(request.prompt_token_ids))
-        # Raises for this request alone (e.g. prompt longer than max_model_len).
-        self._engine.add_request(request_id=request.key, prompt=prompt, params=params)
+        # Raises for this request alone (e.g. prompt longer than max_model_len), unless the
+        # engine itself is gone: then it is the run that cannot go on, not this record.
+        try:
+            self._engine.add_request(request_id=request.key, prompt=prompt, params=params)
+        except Exception as exc:
+            if type(exc).__name__ == "EngineDeadError" or _core_dead(self._engine):
+                raise EngineError(f"vLLM engine died: {_cause(exc)}") from exc
+            raise
         self._in_flight[request.key] = len(request.prompt_token_ids)
 
     def step(self) -> list[Completion]:
@@ -271,6 +280,8 @@ class VLLMEngine:
                 raise EngineError(f"vLLM could not abort {len(keys)} requests: {_cause(exc)}") from exc
 
     def close(self) -> None:
+        if hasattr(self, "_closed"):
+            self._closed.set()
         engine, self._engine, self._llm = getattr(self, "_engine", None), None, None
         if engine is None:
             return
@@ -304,6 +315,34 @@ class VLLMEngine:
         if reason is not None:
             return Completion(key, text, reason, prompt_tokens, n)
         return Completion(key, text, "error", prompt_tokens, n, f"vLLM finished the request with reason '{first.finish_reason}'")
+
+
+def _wake_step_when_core_dies(llm_engine: Any, closed: threading.Event) -> None:
+    """Make `step()` raise, instead of waiting forever, when vLLM's EngineCore process dies.
+
+    vLLM 0.26's sync client notices a dead EngineCore (its monitor thread sets
+    `resources.engine_dead` and shuts the client down), but the thread that feeds
+    `outputs_queue` then exits without a word, and a `step()` blocked in `outputs_queue.get()`
+    never returns: a run whose EngineCore was OOM-killed would hang. This thread hands that
+    queue an exception once the flag is up; vLLM raises it from `step()` as EngineDeadError.
+    """
+    core = getattr(llm_engine, "engine_core", None)
+    resources, outputs = getattr(core, "resources", None), getattr(core, "outputs_queue", None)
+    if resources is None or outputs is None:
+        return  # the engine core runs in this process (or another vLLM): nothing to watch
+
+    def watch() -> None:
+        while not closed.wait(0.5):
+            if getattr(resources, "engine_dead", False):
+                outputs.put_nowait(RuntimeError("vLLM's EngineCore process exited unexpectedly"))
+                return
+
+    threading.Thread(target=watch, name="s2-vllm-engine-core-watch", daemon=True).start()
+
+
+def _core_dead(llm_engine: Any) -> bool:
+    resources = getattr(getattr(llm_engine, "engine_core", None), "resources", None)
+    return bool(getattr(resources, "engine_dead", False))
 
 
 def _engine_max_num_seqs(llm_engine: Any) -> int | None:

@@ -1,0 +1,39 @@
+"""`s2-vllm demo` end to end, as the README runs it (here on the hf engine: the vLLM path is the same
+`run` command, tested on the real engine in test_vllm_cli.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from s2_vllm.demo import choose_engine
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_interrupts_resumes_and_exports(tiny_model, tmp_path):
+    env = {**os.environ, "S2_VLLM_CACHE": str(tiny_model.parent), "PYTHONUNBUFFERED": "1"}
+    out = subprocess.run([sys.executable, "-m", "s2_vllm", "demo", "--engine", "hf", "--dir", str(tmp_path / "d"),
+                          "--max-tokens", "16"], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "engine: transformers (hf), because --engine says so" in text
+    assert "(the demo sent SIGINT after" in text and "exit code 130" in text
+    assert "resuming " in text and "records already done" in text
+    exported = orjson.loads((tmp_path / "d" / "s2_final_descriptions.json").read_bytes())
+    ok = [r for r in map(orjson.loads, (tmp_path / "d" / "s2_final_descriptions.jsonl").read_bytes().splitlines())
+          if r["status"] == "ok"]
+    assert sorted(r["file_id"] for r in exported) == sorted(r["file_id"] for r in ok) and exported
+    assert set(exported[0]) == {"file_id", "final_description"}
+    assert f"wrote {len(exported)} records to " in text
+
+
+def test_the_demo_says_which_engine_and_why():
+    engine, why = choose_engine()
+    assert engine in ("vllm", "hf") and why
+    if engine == "vllm":
+        assert why.startswith("vLLM ") and ("CPU build" in why or "CUDA GPU" in why)
