@@ -97,6 +97,8 @@ class HFEngine:
         s = self.sampling
         config = GenerationConfig(
             max_new_tokens=s.max_tokens,
+            # ignore_eos: transformers still stops at the model's own eos unless told the minimum too
+            min_new_tokens=s.max_tokens if s.ignore_eos else None,
             do_sample=False,  # the sampler below picks every token; generate then takes its argmax
             eos_token_id=None if s.ignore_eos else self.eos_ids,
             pad_token_id=self.pad_id,
