@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from s2_vllm.checkpoint import CheckpointStore, Row
 from s2_vllm.config import Config
-from s2_vllm.engine_log import EngineLog
+from s2_vllm.engine_log import EngineLog, console
 from s2_vllm.engines import Engine, check_engine_config, create_engine, platform_notes
 from s2_vllm.errors import EngineError, InputError
 from s2_vllm.progress import ProgressBar, RunStats, summary_lines
@@ -153,7 +153,7 @@ def _generate(config: Config, options: RunOptions, store: CheckpointStore, build
                 raise EngineError(f"{exc}{_see_log(options)}") from exc
             stats.engine_ready = time.monotonic()
             stats.details = getattr(engine, "summary_details", None)  # a replica pool adds per-replica numbers
-            progress = ProgressBar(stats, enabled=options.progress)
+            progress = ProgressBar(stats, enabled=options.progress, file=console())
             try:
                 runner = Runner(engine, store, stats, seed=config.sampling.seed,
                                 thinking=config.prompt.enable_thinking, window=config.run.in_flight,

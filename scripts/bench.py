@@ -55,6 +55,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    p.add_argument("--enforce-eager", action="store_true", help="vLLM without compile or graphs (quick checks)")
     p.add_argument("--tiny", action="store_true", help="the tiny demo model (real tiny weights), not the stand-in")
     p.add_argument("--workdir", help="data, prompts, logs and checkpoints (default: OUT without .json, + -work)")
     p.add_argument("--mode-timeout", type=int, default=900, help="seconds before a mode's process is killed")
@@ -115,6 +116,7 @@ def s2_toml(spec: dict, mode: str) -> str:
     return "\n".join([
         "[engine]", f'model = "{spec["model"]}"', f'dtype = "{spec["dtype"]}"', "seed = 0",
         f"max_model_len = {spec['max_model_len']}", f"enable_prefix_caching = {str(mode != 's2-noprefix').lower()}",
+        f"enforce_eager = {str(spec['enforce_eager']).lower()}",
         *(['load_format = "dummy"', f"gpu_memory_utilization = {spec['gpu_memory_utilization']}"] if cuda else []),
         "[sampling]", f"max_tokens = {spec['thinking_tokens' if thinking else 'max_tokens']}", "ignore_eos = true",
         *(f"{k} = {v}" for k, v in SAMPLING.items()),
@@ -201,7 +203,8 @@ def run_vllm(spec: dict, n: int, paper: bool) -> dict:
     from s2_vllm.config import EngineConfig
     from s2_vllm.engines.vllm_cpu import settings_here
 
-    args = {"model": spec["model"], "dtype": spec["dtype"], "max_model_len": spec["max_model_len"], "seed": 0}
+    args = {"model": spec["model"], "dtype": spec["dtype"], "max_model_len": spec["max_model_len"], "seed": 0,
+            "enforce_eager": spec["enforce_eager"]}
     if spec["device"] == "cuda":
         args |= {"load_format": "dummy", "gpu_memory_utilization": spec["gpu_memory_utilization"]}
     platform = settings_here(EngineConfig(**args))  # on vLLM's CPU build, what s2-vllm sets there too

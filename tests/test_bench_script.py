@@ -74,7 +74,7 @@ def test_cpu_vllm_rows(tiny_model: Path, tmp_path: Path) -> None:
     """The vLLM rows on vLLM's CPU build: plain LLM.generate and s2-vllm run, same engine settings."""
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(BENCH), "--device", "cpu", "--tiny", "--records", "12", "--max-tokens", "4",
-           "--modes", "plain,s2", "--out", str(out), "--max-model-len", "1024"]
+           "--modes", "plain,s2", "--out", str(out), "--max-model-len", "1024", "--enforce-eager"]
     env = dict(os.environ, S2_VLLM_CACHE=str(tiny_model.parent), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
-import sys
 import time
 import weakref
 from abc import ABC, abstractmethod
@@ -281,8 +280,10 @@ class PoolBase(ABC):
         left = len(self._live())
         from tqdm import tqdm  # writes above the progress bar instead of through it
 
+        from s2_vllm.engine_log import console
+
         tqdm.write(f"s2-vllm: replica {replica.index} died ({reason}); {len(retry)} unfinished records go back "
-                   f"to the queue, {left} replica{'s' if left != 1 else ''} left", file=sys.stderr)
+                   f"to the queue, {left} replica{'s' if left != 1 else ''} left", file=console())
 
 
 class ReplicaPool(PoolBase):

@@ -56,8 +56,8 @@ def _import_vllm() -> Any:
             import vllm
 
             vllm.LLM  # vllm/__init__ imports lazily: this is the heavy import that logs
-    except ImportError as exc:  # pragma: no cover - vllm is a hard dependency
-        raise EngineError(f"cannot import vLLM ({_one_line(exc)}); install it or use --engine hf") from None
+    except Exception as exc:  # not only ImportError: a torchvision built for another torch raises RuntimeError
+        raise EngineError(f"cannot import vLLM ({_cause(exc)}); install it or use --engine hf") from None
     return vllm
 
 
