@@ -12,8 +12,7 @@ from typing import Any
 
 import click
 
-from s2_vllm import __version__
-from s2_vllm.config import Config, apply_overrides, load_config
+from s2_vllm import __version__, flags
 from s2_vllm.errors import EngineError, UserError
 
 DEBUG_ENV = "S2_VLLM_DEBUG"
@@ -95,85 +94,12 @@ def cli(debug: bool) -> None:
     """
 
 
-def input_options(f: Any) -> Any:
-    options = [
-        click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (see configs/)."),
-        click.option("--audio", type=click.Path(), help="Audio descriptions (JSON array, JSONL or CSV)."),
-        click.option("--subtitles", type=click.Path(), help="Dataset with subtitles (JSON array, JSONL or CSV)."),
-        click.option("--source", "extra_sources", multiple=True, metavar="NAME=PATH",
-                     help="Input file of any source declared in the config. Repeatable."),
-        click.option("--model", help="Model: a Hugging Face id or a local folder."),
-        click.option("--tokenizer", help="Tokenizer, when it differs from the model."),
-        click.option("--max-model-len", type=int, help="Context length prompts are checked against."),
-        click.option("--max-tokens", type=int, help="Most tokens generated per record."),
-        click.option("--enable-thinking/--no-enable-thinking", default=None, help="Qwen3 thinking mode."),
-        click.option("--on-duplicate", type=click.Choice(["error", "first", "last"]), help="Duplicate ids in a source."),
-        click.option("--too-long", type=click.Choice(["truncate", "error"]), help="Prompts over the context."),
-        click.option("--limit", type=click.IntRange(min=1), help="Only the first N joined records."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
-def build_config(params: dict[str, Any]) -> Config:
-    config = load_config(params.pop("config_path", None))
-    for name, path in (("audio", params.pop("audio", None)), ("subtitle", params.pop("subtitles", None))):
-        if path:
-            config.with_source_path(name, path)
-    for item in params.pop("extra_sources", ()):
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise click.BadParameter(f"'{item}' is not NAME=PATH", param_hint="--source")
-        config.with_source_path(name, path)
-    apply_overrides(config, "engine", model=params.pop("model", None), tokenizer=params.pop("tokenizer", None),
-                    max_model_len=params.pop("max_model_len", None))
-    apply_overrides(config, "prompt", enable_thinking=params.pop("enable_thinking", None),
-                    too_long=params.pop("too_long", None))
-    apply_overrides(config, "run", on_duplicate=params.pop("on_duplicate", None))
-    apply_overrides(config, "sampling", max_tokens=params.pop("max_tokens", None))
-    return config
-
-
-SHOW_ENGINE_LOG = click.option(
-    "--show-engine-log", is_flag=True,
-    help="Show the engine's own log (vLLM's INFO lines, its processes' output) here instead of in "
-         "OUTPUT.engine.log.")
-
-
-def parse_shard(value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    index, sep, count = value.partition("/")
-    if not (sep and index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
-        raise click.BadParameter(f"'{value}' is not I/N with 0 <= I < N, e.g. 0/4", param_hint="--shard")
-    return int(index), int(count)
-
-
 @cli.command()
-@input_options
+@flags.use("config_path", *flags.SOURCES, *flags.PROMPT, "on_duplicate", "limit", "shard")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Checkpoint JSONL. [default: s2_final_descriptions.jsonl]")
-@click.option("--engine", type=click.Choice(["vllm", "hf"]), help="vllm (GPU, default) or hf (transformers).")
-@click.option("--temperature", type=float, help="0 means greedy.")
-@click.option("--top-p", type=float)
-@click.option("--top-k", type=int)
-@click.option("--seed", type=int, help="Base seed; each record's seed derives from it and its file_id.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Batch size of the hf engine.")
-@click.option("--in-flight", type=click.IntRange(min=1), help="Requests kept in the engine at once.")
-@click.option("--shard", help="Run only shard I of N (0-based, stable hash of file_id), e.g. 0/4.")
-@click.option("--replicas", type=click.IntRange(min=1),
-              help="Engine replicas (data parallel), each with tensor x pipeline parallel GPUs.")
-@click.option("--ray-address", help="Run the replicas as Ray actors: auto, HOST:PORT, or local.")
-@click.option("--overwrite", is_flag=True, help="Start over when the checkpoint has another config (keeps a backup).")
-@click.option("--retry-failed", is_flag=True, help="Run again the records whose row is error or length.")
-@click.option("--repair", is_flag=True, help="Move damaged checkpoint lines to .rejected and redo them.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
-@SHOW_ENGINE_LOG
-def run(output: str | None, engine: str | None, temperature: float | None, top_p: float | None, top_k: int | None,
-        seed: int | None, batch_size: int | None, in_flight: int | None, shard: str | None, replicas: int | None,
-        ray_address: str | None, overwrite: bool, retry_failed: bool, repair: bool, no_progress: bool,
-        show_engine_log: bool, **params: Any) -> None:
+@flags.use(*flags.GENERATE, *flags.CHECKPOINT)
+def run(output: str | None, **params: Any) -> None:
     """Fuse every joined record and append each result to a resumable JSONL checkpoint.
 
     Run the same command again after an interruption: finished records are skipped.
@@ -186,31 +112,29 @@ def run(output: str | None, engine: str | None, temperature: float | None, top_p
         s2-vllm run --replicas 8 --audio a.json --subtitles s.json            # 8 GPUs, one replica each
         s2-vllm run --ray-address auto --replicas 16 --audio a.json --subtitles s.json
     """
-    from s2_vllm.pipeline import RunOptions
     from s2_vllm.pipeline import run as run_pipeline
 
-    limit = params.pop("limit")
-    config = build_config(params)
-    apply_overrides(config, "sampling", temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
-    apply_overrides(config, "run", engine=engine, in_flight=in_flight)
-    apply_overrides(config, "hf", batch_size=batch_size)
-    apply_overrides(config, "parallel", replicas=replicas, ray_address=ray_address)
-    shard_spec = parse_shard(shard)
-    if output is None:
-        output = config.run.output
-        if shard_spec is not None:
-            stem = output.removesuffix(".jsonl")
-            output = f"{stem}.shard-{shard_spec[0]}-of-{shard_spec[1]}.jsonl"
-    options = RunOptions(Path(output), overwrite=overwrite, retry_failed=retry_failed, repair=repair,
-                         limit=limit, shard=shard_spec, progress=not no_progress, show_engine_log=show_engine_log)
-    run_pipeline(config, options, click.echo)
+    config = flags.config_from(params)
+    run_pipeline(config, _run_options(output, config.run.output, params), click.echo)
+
+
+def _run_options(output: str | None, default: str, params: dict[str, Any]) -> Any:
+    """The selection and checkpoint flags of `run` and `extract-labels`; without -o, a shard's output is
+    named after it."""
+    from s2_vllm.pipeline import RunOptions
+
+    shard = flags.parse_shard(params["shard"])
+    path = output if output is not None else flags.shard_output(default, shard)
+    return RunOptions(Path(path), overwrite=params["overwrite"], retry_failed=params["retry_failed"],
+                      repair=params["repair"], limit=params["limit"], shard=shard,
+                      progress=not params["no_progress"], show_engine_log=params["show_engine_log"])
 
 
 @cli.command()
-@input_options
+@flags.use("config_path", *flags.SOURCES, *flags.PROMPT, "on_duplicate", "limit", "shard")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="prompts.jsonl", show_default=True)
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
-def render(output: str, force: bool, **params: Any) -> None:
+def render(output: str, force: bool, limit: int | None, shard: str | None, **params: Any) -> None:
     """Dry run: write the rendered prompts and their token counts; needs only the tokenizer.
 
     \b
@@ -219,9 +143,9 @@ def render(output: str, force: bool, **params: Any) -> None:
     """
     from s2_vllm.render import render_prompts
 
-    limit = params.pop("limit")
-    config = build_config(params)
-    counts = render_prompts(config, Path(output), force=force, limit=limit, echo=click.echo)
+    config = flags.config_from(params)
+    counts = render_prompts(config, Path(output), force=force, limit=limit, shard=flags.parse_shard(shard),
+                            echo=click.echo)
     if counts:
         click.echo(
             f"prompt tokens: min {min(counts)}, median {statistics.median(counts):g}, "
@@ -260,8 +184,8 @@ def export(checkpoints: tuple[str, ...], output: str, fmt: str, include_failed: 
         s2-vllm export s2_final_descriptions.jsonl -o s2_final_descriptions.json
         s2-vllm export out.jsonl --format csv -o out.csv
     """
+    from s2_vllm.checkpoint import merge_rows
     from s2_vllm.export import export as export_rows
-    from s2_vllm.export import merge_rows
 
     rows, info = merge_rows(expand(checkpoints))
     if info.get("duplicates"):
@@ -293,29 +217,18 @@ def demo(directory: str, max_tokens: int, engine: str | None) -> None:
 
 @cli.command("extract-labels")
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default="emotion_labels.jsonl", show_default=True,
-              help="Labels checkpoint JSONL (resumable, like run's).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="TOML config ([engine], [hf], [sampling]); a [prompt] template with {description} "
-                   "replaces the built-in label prompt.")
-@click.option("--model", help="Model: a Hugging Face id or a local folder.")
-@click.option("--engine", type=click.Choice(["vllm", "hf"]), help="vllm (GPU, default) or hf (transformers).")
-@click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0 means greedy.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Batch size of the hf engine.")
-@click.option("--limit", type=click.IntRange(min=1), help="Only the first N descriptions.")
-@click.option("--overwrite", is_flag=True, help="Start over when the checkpoint has another config (keeps a backup).")
-@click.option("--retry-failed", is_flag=True, help="Run again the records whose row is error or length.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
-@SHOW_ENGINE_LOG
-def extract_labels(checkpoints: tuple[str, ...], output: str, config_path: str | None, model: str | None,
-                   engine: str | None, max_tokens: int, temperature: float, batch_size: int | None,
-                   limit: int | None, overwrite: bool, retry_failed: bool, no_progress: bool,
-                   show_engine_log: bool) -> None:
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Labels checkpoint JSONL (resumable, like run's). [default: emotion_labels.jsonl]")
+@flags.use("config_path", *flags.PROMPT, "limit", "shard", *flags.GENERATE, *flags.CHECKPOINT,
+           max_tokens=64, temperature=0.0)
+def extract_labels(checkpoints: tuple[str, ...], output: str | None, **params: Any) -> None:
     """List the emotion labels each fused description supports (OV-MER), resumable like run.
 
     Reads the ok rows of fusion checkpoints (shards are merged); each row of the output keeps the
-    model's answer in final_description and the parsed, lower-cased labels in labels.
+    model's answer in final_description and the parsed, lower-cased labels in labels. From a
+    --config, [engine], [hf], [sampling] and [prompt] system/enable_thinking apply (max_tokens
+    and temperature come from the flags); a [prompt] template with {description} replaces the
+    built-in label prompt.
 
     \b
     Examples:
@@ -323,16 +236,9 @@ def extract_labels(checkpoints: tuple[str, ...], output: str, config_path: str |
         s2-vllm extract-labels 'out.shard-*.jsonl' --config configs/qwen3-8b.toml
     """
     from s2_vllm.labels import extract_labels as run_stage
-    from s2_vllm.pipeline import RunOptions
 
-    config = load_config(config_path)
-    apply_overrides(config, "engine", model=model)
-    apply_overrides(config, "sampling", max_tokens=max_tokens, temperature=temperature)
-    apply_overrides(config, "run", engine=engine)
-    apply_overrides(config, "hf", batch_size=batch_size)
-    options = RunOptions(Path(output), overwrite=overwrite, retry_failed=retry_failed, limit=limit,
-                         progress=not no_progress, show_engine_log=show_engine_log)
-    run_stage(config, options, expand(checkpoints), click.echo)
+    config = flags.config_from(params)
+    run_stage(config, _run_options(output, "emotion_labels.jsonl", params), expand(checkpoints), click.echo)
 
 
 @cli.command()

@@ -1,7 +1,6 @@
 """Turn checkpoints into the files people use: the tutorial's JSON list, JSONL or CSV.
 
-`merge_rows` reads one or more checkpoints (the shards of one run), refuses to mix
-configs and keeps the last row for an id; `export` writes the rows atomically.
+`export` writes rows (from `checkpoint.merge_rows`) atomically.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from typing import IO, Any
 
 import orjson
 
-from s2_vllm.checkpoint import ROW_FIELDS, Row, atomic_write, describe_changes, iter_rows, read_manifest
+from s2_vllm.checkpoint import ROW_FIELDS, Row, atomic_write
 from s2_vllm.errors import CheckpointError, UserError
 
 FORMATS = ("json", "jsonl", "csv")
@@ -88,32 +87,3 @@ def export(rows: Iterable[Row], out: Path, fmt: str, *, force: bool = False, inc
     except OSError as exc:
         raise CheckpointError(f"cannot write {out}: {exc.strerror or exc}") from None
     return count
-
-
-def merge_rows(paths: list[Path]) -> tuple[list[Row], dict[str, int]]:
-    """The rows of several checkpoints of one run, in file order; for an id seen twice the last row is kept.
-
-    Returns (rows, {"duplicates": ids found in more than one file, "files": number of files}).
-    Refuses checkpoints written with different configs.
-    """
-    first: tuple[Path, dict] | None = None
-    for path in map(Path, paths):
-        manifest = read_manifest(path)
-        if manifest is None:
-            continue  # nothing to compare; its rows are still worth exporting
-        if first is None:
-            first = (path, manifest["fingerprint"])
-        elif changes := describe_changes(first[1], manifest["fingerprint"]):
-            raise CheckpointError(
-                f"{first[0]} and {path} were written with different configs (changed: {changes}); "
-                "merge only the checkpoints of one run"
-            )
-    rows: dict[str, Row] = {}
-    owner: dict[str, int] = {}
-    shared: set[str] = set()
-    for index, path in enumerate(paths):
-        for row in iter_rows(path):
-            if owner.setdefault(row.file_id, index) != index:
-                shared.add(row.file_id)
-            rows[row.file_id] = row  # a dict keeps the first position and takes the last row
-    return list(rows.values()), {"duplicates": len(shared), "files": len(paths)}

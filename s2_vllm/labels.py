@@ -1,9 +1,9 @@
 """`s2-vllm extract-labels`: fused descriptions → open-vocabulary emotion labels (OV-MER's last step).
 
-The stage is the ordinary pipeline with other records, another template and a row
-postprocess: each `ok` row of a fusion checkpoint becomes a record whose one source,
-`description`, fills {description} in the label prompt; the model's answer is kept in
-`final_description` and parsed into `labels`. Resume, status and export work as for `run`.
+The label pass is a `Stage` of the ordinary pipeline: each `ok` row of a fusion checkpoint
+becomes a record whose one source, `description`, fills {description} in the label prompt; the
+model's answer is kept in `final_description` and parsed into `labels`. Resume, status, export,
+--shard and --limit work as for `run`.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from s2_vllm.checkpoint import Row, read_manifest
-from s2_vllm.config import Config, SourceSpec
+from s2_vllm.checkpoint import Row, merge_rows, read_manifest
+from s2_vllm.config import Config, SourceSpec, fingerprint
 from s2_vllm.errors import UserError
-from s2_vllm.export import merge_rows
 from s2_vllm.records import Record
-from s2_vllm.template import DEFAULT_TEMPLATE, PromptTemplate
+from s2_vllm.stage import Stage
 
 if TYPE_CHECKING:
     from s2_vllm.pipeline import RunOptions
@@ -97,33 +96,27 @@ def parse_labels(text: str | None) -> list[str]:
     return list(labels)
 
 
-class LabelConfig(Config):
-    """A Config whose fingerprint says it is the label stage (and which parser wrote `labels`)."""
+def label_stage(inputs: list[Path]) -> Stage:
+    """The label pass over fusion checkpoints `inputs`: one `description` source and the label prompt.
+    [engine], [sampling], [hf] and [prompt] system/enable_thinking come from the config; its [prompt]
+    template is used when it has a {description} placeholder (a fusion template is replaced)."""
+    return Stage(
+        STAGE, read=lambda config, echo: description_records(inputs, echo), precheck=lambda config: _refuse_labels(inputs),
+        marks={fingerprint.STAGE: STAGE, "label_parser": PARSER_VERSION}, postprocess=add_labels,
+        sources=(SourceSpec("description", "description", "file_id", "final_description"),),
+        template=LABEL_TEMPLATE, prompt_name="label",
+    )
 
-    def fingerprint(self) -> dict[str, Any]:
-        return {**super().fingerprint(), "stage": STAGE, "label_parser": PARSER_VERSION}
 
-
-def label_config(config: Config, echo: Callable[[str], None]) -> LabelConfig:
-    """The stage's config: one `description` source and the label prompt; [engine], [sampling],
-    [hf] and [prompt] system/enable_thinking come from `config`. A [prompt] template is used
-    when it has a {description} placeholder (a fusion template is replaced by LABEL_TEMPLATE)."""
-    template = config.prompt.template
-    if "description" not in PromptTemplate.parse(template).placeholders:
-        if template != DEFAULT_TEMPLATE:
-            echo("the config's [prompt] template has no {description}: using the built-in label prompt")
-        template = LABEL_TEMPLATE
-    stage = LabelConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(Config)})
-    stage.sources = [SourceSpec("description", "description", "file_id", "final_description")]
-    stage.prompt = dataclasses.replace(config.prompt, template=template)
-    return stage
+def _refuse_labels(paths: list[Path]) -> None:
+    for path in paths:
+        if fingerprint.stage_of((read_manifest(path) or {}).get("fingerprint")) == STAGE:
+            raise UserError(f"{path} holds emotion labels; give the checkpoint written by `s2-vllm run`")
 
 
 def description_records(paths: list[Path], echo: Callable[[str], None]) -> list[Record]:
     """One record per `ok` row of fusion checkpoints (the last row of an id wins, shards merge)."""
-    for path in paths:
-        if ((read_manifest(path) or {}).get("fingerprint") or {}).get("stage") == STAGE:
-            raise UserError(f"{path} holds emotion labels; give the checkpoint written by `s2-vllm run`")
+    _refuse_labels(paths)
     rows, _ = merge_rows(paths)
     records = []
     for row in rows:
@@ -145,14 +138,10 @@ def add_labels(row: Row) -> Row:
 
 def extract_labels(config: Config, options: RunOptions, inputs: list[Path],
                    echo: Callable[[str], None], engine: Any = None) -> dict[str, Any]:
-    """Run the label stage over fusion checkpoints `inputs` into `options.output`; returns the summary."""
+    """Run the label pass over fusion checkpoints `inputs` into `options.output`; returns the summary."""
     from s2_vllm.pipeline import run
 
     output = Path(options.output).resolve()
     if any(Path(p).resolve() == output for p in inputs):
         raise UserError(f"the output {options.output} is also an input; choose another -o")
-    stage = label_config(config, echo)
-    records = description_records(inputs, echo)
-    if options.limit is not None:
-        records = records[:options.limit]
-    return run(stage, options, echo, records=records, postprocess=add_labels, engine=engine)
+    return run(config, options, echo, stage=label_stage(inputs), engine=engine)

@@ -1,8 +1,7 @@
-"""One run, start to end: join → select → render → checkpoint → engine → runner → summary."""
+"""One pass, start to end: stage records → select → render → checkpoint → engine → runner → summary."""
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import threading
 import time
@@ -11,16 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from s2_vllm.checkpoint import CheckpointStore, Row
+from s2_vllm.checkpoint import CheckpointStore, Row, SideFiles
 from s2_vllm.config import Config
 from s2_vllm.engine_log import EngineLog, console
 from s2_vllm.engines import Engine, check_engine_config, create_engine, platform_notes
-from s2_vllm.errors import EngineError, InputError
+from s2_vllm.errors import EngineError
 from s2_vllm.progress import ProgressBar, RunStats, summary_lines
 from s2_vllm.prompts import PromptBuilder, iter_prompts, load_tokenizer, resolve_max_model_len
 from s2_vllm.reaper import Watchdog, stop_leftovers
-from s2_vllm.records import Record, join
+from s2_vllm.records import Record
 from s2_vllm.runner import Runner
+from s2_vllm.stage import FUSION, Stage, select
 
 T = TypeVar("T")
 Echo = Callable[[str], None]
@@ -43,61 +43,25 @@ class RunInterrupted(Exception):
     """The run stopped on a signal; everything finished so far is in the checkpoint."""
 
 
-def shard_of(file_id: str, count: int) -> int:
-    """A stable shard for an id: the same on every machine and every Python."""
-    return int.from_bytes(hashlib.sha1(file_id.encode()).digest()[:8], "big") % count
+def run(config: Config, options: RunOptions, echo: Echo, *, stage: Stage = FUSION,
+        engine: Engine | None = None) -> dict[str, Any]:
+    """Run `stage` (by default the fusion pass) to the end or to a signal; returns the summary.
 
-
-def joined_records(config: Config, echo: Echo, shard: tuple[int, int] | None = None,
-                   limit: int | None = None) -> list[Record]:
-    check_source_paths(config)
-    records, report = join(config.sources, config.run.on_duplicate)
-    for line in report.lines():
-        echo(line)
-    if shard is not None:
-        index, count = shard
-        records = [r for r in records if shard_of(r.file_id, count) == index]
-        echo(f"shard {index}/{count}: {len(records)} records")
-    if limit is not None:
-        records = records[:limit]
-    return records
-
-
-def check_source_paths(config: Config) -> None:
-    for spec in config.sources:
-        if not spec.path:
-            raise InputError(f"no input file for source '{spec.name}' (give --{_flag(spec.name)} or sources.{spec.name}.path)")
-
-
-def _flag(source: str) -> str:
-    return {"subtitle": "subtitles", "audio": "audio"}.get(source, f"source {source}=PATH")
-
-
-def fingerprint(config: Config, tokenizer: Any) -> dict[str, Any]:
-    template = getattr(tokenizer, "chat_template", None) or ""
-    return {**config.fingerprint(), "chat_template_sha": hashlib.sha256(str(template).encode()).hexdigest()}
-
-
-def run(config: Config, options: RunOptions, echo: Echo, *, records: list[Record] | None = None,
-        postprocess: Postprocess | None = None, engine: Engine | None = None) -> dict[str, Any]:
-    """Run to the end (or to a signal); returns the summary. Raises RunInterrupted on a signal.
-
-    By default the records are the join of the config's sources; a later stage (label
-    extraction) passes its own records and a `postprocess` that adds to each row. A caller that
-    passes a running `engine` keeps it: it is used as it is and not closed (tests share one).
+    Raises RunInterrupted on a signal. A caller that passes a running `engine` keeps it: it is
+    used as it is and not closed (tests share one).
     """
+    config = stage.configure(config, echo)
     config.validate()
-    if records is None:
-        check_source_paths(config)  # before the engine check, which imports vLLM (seconds)
+    stage.precheck(config)  # before the engine check, which imports vLLM (seconds)
     check_engine_config(config)
-    if records is None:
-        records = joined_records(config, echo, options.shard, options.limit)
+    records = select(stage.read(config, echo), options.shard, options.limit, echo)
     tokenizer = load_tokenizer(config)
     builder = PromptBuilder(config, tokenizer, resolve_max_model_len(config))
+    chat_template = str(getattr(tokenizer, "chat_template", None) or "")
     with CheckpointStore(options.output) as store:
         done = store.open(
-            fingerprint(config, tokenizer), overwrite=options.overwrite, retry_failed=options.retry_failed,
-            repair=options.repair,
+            config.fingerprint(stage=stage.marks, chat_template=chat_template), overwrite=options.overwrite,
+            retry_failed=options.retry_failed, repair=options.repair,
         )
         if store.backup is not None:
             echo(f"moved the old checkpoint to {store.backup}")
@@ -114,7 +78,7 @@ def run(config: Config, options: RunOptions, echo: Echo, *, records: list[Record
         if stats.resumed:
             echo(f"resuming {options.output}: {stats.resumed} of {len(records)} records already done")
         if pending:
-            _generate(config, options, store, builder, tokenizer, pending, stats, postprocess, echo, engine)
+            _generate(config, options, store, builder, pending, stats, stage.postprocess, echo, engine)
         summary = stats.summary(config.run.engine)
         store.write_summary(summary)
     for line in summary_lines(summary):
@@ -125,30 +89,22 @@ def run(config: Config, options: RunOptions, echo: Echo, *, records: list[Record
     return summary
 
 
-def engine_log_path(output: Path) -> Path:
-    return Path(f"{output}.engine.log")
-
-
-def engine_pids_path(output: Path) -> Path:
-    return Path(f"{output}.engine.pids")
-
-
 def _generate(config: Config, options: RunOptions, store: CheckpointStore, builder: PromptBuilder,
-              tokenizer: Any, pending: list[Record], stats: RunStats, postprocess: Postprocess | None,
+              pending: list[Record], stats: RunStats, postprocess: Postprocess | None,
               echo: Echo, given: Engine | None = None) -> None:
     store.write_summary(stats.summary(config.run.engine))
     # The checkpoint's lock is ours, so an engine on this list belongs to a run that is gone.
-    stop_leftovers(engine_pids_path(options.output), echo)
+    stop_leftovers(store.files.engine_pids, echo)
     for note in platform_notes(config):
         echo(note)
-    log_path = engine_log_path(options.output)
+    log_path = store.files.engine_log
     if not options.show_engine_log:
         echo(f"engine log: {log_path} (--show-engine-log shows it here)")
-    watchdog = Watchdog(engine_pids_path(options.output))
+    watchdog = Watchdog(store.files.engine_pids)
     try:
         with EngineLog(log_path, live=options.show_engine_log):
             try:
-                engine = given if given is not None else create_engine(config, tokenizer)
+                engine = given if given is not None else create_engine(config, builder.tokenizer)
             except EngineError as exc:
                 raise EngineError(f"{exc}{_see_log(options)}") from exc
             stats.engine_ready = time.monotonic()
@@ -171,7 +127,7 @@ def _generate(config: Config, options: RunOptions, store: CheckpointStore, build
 
 
 def _see_log(options: RunOptions) -> str:
-    return "" if options.show_engine_log else f" (the engine's log: {engine_log_path(options.output)})"
+    return "" if options.show_engine_log else f" (the engine's log: {SideFiles.of(options.output).engine_log})"
 
 
 class prefetched:

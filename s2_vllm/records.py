@@ -21,10 +21,9 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from s2_vllm.config import SourceSpec
+from s2_vllm.config import ON_DUPLICATE, SOURCE_FORMATS, SourceSpec
 from s2_vllm.errors import InputError, plural
 
-ON_DUPLICATE = ("error", "first", "last")
 _EXTENSIONS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv"}
 _BOM = b"\xef\xbb\xbf"
 _FIRST = re.compile(rb"[ \t\r\n]*([^ \t\r\n])")
@@ -80,8 +79,8 @@ def read_rows(path: str | Path, fmt: str | None = None) -> list[dict[str, Any]]:
 
 
 def _read(path: Path, fmt: str | None) -> _Rows:
-    if fmt not in (None, "json", "jsonl", "csv"):
-        raise InputError(f"{path}: unknown format '{fmt}' (use json, jsonl or csv)")
+    if fmt is not None and fmt not in SOURCE_FORMATS:  # a config's format is checked by its schema; this is for callers
+        raise InputError(f"{path}: unknown format '{fmt}' (use {', '.join(SOURCE_FORMATS[:-1])} or {SOURCE_FORMATS[-1]})")
     try:
         with open(path, "rb") as f:
             head = f.read(65536)

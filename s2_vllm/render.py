@@ -9,19 +9,19 @@ import orjson
 
 from s2_vllm.config import Config
 from s2_vllm.errors import UserError
-from s2_vllm.pipeline import joined_records
 from s2_vllm.prompts import PromptBuilder, iter_prompts, load_tokenizer, resolve_max_model_len
+from s2_vllm.stage import FUSION, select
 
 
 def render_prompts(config: Config, output: Path, *, force: bool, limit: int | None,
-                   echo: Callable[[str], None]) -> list[int]:
+                   echo: Callable[[str], None], shard: tuple[int, int] | None = None) -> list[int]:
     """Write one JSON line per record; returns the token counts of the prompts that fit."""
     config.validate()
     if output.exists() and not force:
         raise UserError(f"{output} exists; use --force to replace it")
     if not output.parent.is_dir():
         raise UserError(f"folder {output.parent} does not exist")
-    records = joined_records(config, echo, limit=limit)
+    records = select(FUSION.read(config, echo), shard, limit, echo)
     tokenizer = load_tokenizer(config)
     builder = PromptBuilder(config, tokenizer, resolve_max_model_len(config))
     counts: list[int] = []

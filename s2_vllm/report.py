@@ -4,25 +4,11 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
-import orjson
-
-from s2_vllm.checkpoint import FAILED, STATUSES, read_manifest
+from s2_vllm.checkpoint import FAILED, STATUSES, merge_rows, read_manifest, read_summary
+from s2_vllm.config.fingerprint import headline
 from s2_vllm.errors import CheckpointError
-from s2_vllm.export import merge_rows
 from s2_vllm.progress import replica_lines
-
-
-def summary_path(checkpoint: Path) -> Path:
-    return checkpoint.with_name(checkpoint.name + ".summary.json")
-
-
-def read_summary(checkpoint: Path) -> dict[str, Any] | None:
-    try:
-        return orjson.loads(summary_path(checkpoint).read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None
 
 
 def status_lines(paths: list[Path]) -> list[str]:
@@ -47,14 +33,8 @@ def status_lines(paths: list[Path]) -> list[str]:
     output = sum(r.completion_tokens or 0 for r in rows)
     lines.append(f"tokens: {prompt} prompt, {output} output")
     manifest = read_manifest(paths[0]) or {}
-    fp = manifest.get("fingerprint", {})
-    if fp:
-        sampling = fp.get("sampling", {})
-        lines.append(
-            f"config: {manifest.get('fingerprint_sha', '')[:12]} model={fp.get('model')} "
-            f"max_tokens={sampling.get('max_tokens')} temperature={sampling.get('temperature')} "
-            f"thinking={fp.get('enable_thinking')}"
-        )
+    if fp := manifest.get("fingerprint"):
+        lines.append(f"config: {manifest.get('fingerprint_sha', '')[:12]} {headline(fp)}")
     for path, s in zip(paths, summaries):
         if s:
             state = "interrupted" if s.get("interrupted") else "finished"

@@ -74,7 +74,7 @@ def prepare(args: argparse.Namespace, work: Path) -> dict:
     from bench_host import synthetic
 
     from s2_vllm.config import Config, EngineConfig
-    from s2_vllm.pipeline import joined_records
+    from s2_vllm.stage import joined_records
     from s2_vllm.prompts import PromptBuilder, iter_prompts, load_tokenizer
     from s2_vllm.tiny import build_tiny_model, write_qwen3_8b_config
 

@@ -12,7 +12,8 @@ import pytest
 from s2_vllm.checkpoint import ROW_FIELDS, CheckpointStore, Row, iter_rows
 from s2_vllm.config import Config
 from s2_vllm.errors import CheckpointError
-from s2_vllm.export import export, merge_rows
+from s2_vllm.checkpoint import merge_rows
+from s2_vllm.export import export
 
 FP = Config().fingerprint()
 ROWS = [

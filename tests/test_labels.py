@@ -9,7 +9,7 @@ from s2_vllm.cli import cli
 from s2_vllm.config import Config, PromptConfig
 from s2_vllm.errors import UserError
 from s2_vllm.evaluate import demo_gold_path
-from s2_vllm.labels import LABEL_TEMPLATE, add_labels, description_records, label_config, parse_labels
+from s2_vllm.labels import LABEL_TEMPLATE, add_labels, description_records, label_stage, parse_labels
 from s2_vllm.tiny import demo_paths
 
 AUDIO, SUBTITLES = (str(p) for p in demo_paths())
@@ -48,6 +48,10 @@ def test_add_labels_only_parses_ok_rows():
     assert add_labels(Row("a", None, status="skipped")).labels is None
 
 
+def label_config(config, echo):
+    return label_stage([]).configure(config, echo)
+
+
 def test_label_config_replaces_a_fusion_template_and_keeps_a_description_one():
     echoed = []
     stage = label_config(Config(), echoed.append)
@@ -66,7 +70,7 @@ def test_label_config_replaces_a_fusion_template_and_keeps_a_description_one():
 
 def test_label_fingerprint_differs_from_fusion():
     fusion = Config().fingerprint()
-    stage = label_config(Config(), print).fingerprint()
+    stage = label_config(Config(), print).fingerprint(stage=label_stage([]).marks)
     assert stage["stage"] == "extract-labels" and "stage" not in fusion
     assert stage["prompt_template"] != fusion["prompt_template"] and stage["sources"] != fusion["sources"]
 

@@ -274,9 +274,9 @@ def test_sampling_params_top_k_zero_is_off_and_no_stop():
     ],
 )
 def test_sampling_params_bad_value_is_config_error(overrides, fragment):
-    cfg = config_from_dict({"sampling": overrides})
+    sampling = SamplingConfig(**overrides)  # not through the schema, which refuses most of these first
     with pytest.raises(ConfigError) as err:
-        sampling_params(cfg.sampling, 0)
+        sampling_params(sampling, 0)
     assert str(err.value).startswith("invalid [sampling] value: ")
     assert fragment in str(err.value) and "\n" not in str(err.value)
 
@@ -404,8 +404,8 @@ def test_capacity():
     fake = FakeLLMEngine()
     del fake.vllm_config
     assert make_engine(fake)[0].capacity() == 512  # vLLM's default 256, doubled
-    with pytest.raises(ConfigError):
-        make_engine(in_flight=0)
+    with pytest.raises(ConfigError, match="^run.in_flight must be at least 1$"):  # the schema's, before any engine
+        config_from_dict({"run": {"in_flight": 0}})
 
 
 def test_start_failure_is_engine_error():

@@ -191,8 +191,6 @@ class VLLMEngine:
         platform: PlatformSettings | None = None,
         llm_factory: Callable[..., Any] | None = None,
     ) -> None:
-        if in_flight is not None and in_flight < 1:
-            raise ConfigError("run.in_flight must be at least 1")
         self._sampling = sampling
         sampling_params(sampling, 0)  # bad sampling values fail before the model loads
         kwargs = engine_kwargs(engine)

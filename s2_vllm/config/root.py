@@ -1,0 +1,72 @@
+"""The whole run configuration: the tables of `tables.py` together, and the checks across them.
+
+The defaults reproduce the tutorial: audio descriptions under `generated_text`, subtitles
+under `english_transcription`, both keyed by `file_id`, fused with the S2 prompt by Qwen3-8B
+with thinking off. A TOML file overrides any of it; CLI flags override the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from s2_vllm.config import fingerprint as fp
+from s2_vllm.config.schema import check_all
+from s2_vllm.config.tables import (
+    TABLES,
+    EngineConfig,
+    HFConfig,
+    ParallelConfig,
+    PromptConfig,
+    RunConfig,
+    SamplingConfig,
+    SourceSpec,
+    default_sources,
+)
+from s2_vllm.errors import ConfigError
+from s2_vllm.template import PromptTemplate
+
+
+@dataclass
+class Config:
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    sources: list[SourceSpec] = field(default_factory=default_sources)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    hf: HFConfig = field(default_factory=HFConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+    def source(self, name: str) -> SourceSpec:
+        for spec in self.sources:
+            if spec.name == name:
+                return spec
+        raise ConfigError(f"no source named '{name}' in the config (have: {', '.join(s.name for s in self.sources)})")
+
+    def with_source_path(self, name: str, path: str) -> None:
+        spec = self.source(name)
+        self.sources = [dataclasses.replace(s, path=path) if s is spec else s for s in self.sources]
+
+    def template(self) -> PromptTemplate:
+        return PromptTemplate.parse(self.prompt.template, {s.placeholder for s in self.sources})
+
+    def validate(self) -> None:
+        """Every key of every table against the schema, then the rules that join tables."""
+        for table in TABLES:
+            check_all(getattr(self, table), table)
+        if not self.sources:
+            raise ConfigError("the config declares no sources")
+        for spec in self.sources:
+            check_all(spec, f"sources.{spec.name}")
+        placeholders = [s.placeholder for s in self.sources]
+        if len(set(placeholders)) != len(placeholders):
+            raise ConfigError("two sources share one placeholder")
+        missing = [s.placeholder for s in self.sources if s.placeholder not in self.template().placeholders]
+        if missing:
+            raise ConfigError(f"prompt template never uses {{{missing[0]}}}, so its source would be read for nothing")
+
+    def fingerprint(self, *, stage: Mapping[str, Any] | None = None, chat_template: str | None = None) -> dict:
+        """Everything that changes a result row (see `fingerprint.build`)."""
+        return fp.build(self, stage=stage, chat_template=chat_template)

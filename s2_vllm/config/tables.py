@@ -1,0 +1,179 @@
+"""The config's tables and every key in them: type, default, allowed values, fingerprint name, docs.
+
+This file is the one place a key is described. The README's config reference and the tables of
+docs/engine.md are generated from it (`python -m s2_vllm.config.docs --write`) and a test checks
+that they match.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from s2_vllm.config.schema import key
+from s2_vllm.template import DEFAULT_TEMPLATE
+
+ON_DUPLICATE = ("error", "first", "last")
+SOURCE_FORMATS = ("json", "jsonl", "csv")
+ENGINES = ("vllm", "hf")
+_NON_EMPTY = {"pattern": r"(?s).+", "expect": "a non-empty string"}
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """`[sources.NAME]`: one input file joined by id; its text fills `{placeholder}` in the template."""
+
+    name: str  # the table's name, not a key
+    placeholder: str = key(
+        doc="The `{placeholder}` of the template this source's text fills.",
+        pattern=r"[A-Za-z_][A-Za-z0-9_]*", expect="an identifier (letters, digits and _)",
+        default_doc="the table's name", fp="placeholder")
+    id_key: str = key("file_id", "Field (JSON) or column (CSV) holding the id the sources are joined on.",
+                      **_NON_EMPTY, fp="id_key")
+    text_key: str = key("text", "Field or column holding the text.", **_NON_EMPTY, fp="text_key")
+    path: str | None = key(None, "The input file; `--audio`, `--subtitles` or `--source NAME=PATH` override it.",
+                           default_doc="none: give it by flag")
+    format: str | None = key(None, "The file's format.", choices=SOURCE_FORMATS,
+                             default_doc="by extension, then by content")
+
+
+@dataclass
+class PromptConfig:
+    """`[prompt]`: what the model is asked."""
+
+    template: str = key(DEFAULT_TEMPLATE, "The prompt, with one `{placeholder}` per source; `{{` and `}}` are "
+                        "literal braces. Substitution is one pass: braces inside descriptions stay as they are.",
+                        default_doc="the S2 fusion prompt (`DEFAULT_TEMPLATE` in `s2_vllm/template.py`)",
+                        fp="prompt_template")
+    system: str | None = key(None, "A system message before the prompt.", default_doc="none", fp="system_prompt")
+    enable_thinking: bool = key(False, "Passed to the chat template (Qwen3's thinking mode); the text before "
+                                "`</think>` goes to `reasoning`.", fp="enable_thinking")
+    too_long: str = key("truncate", "A prompt over `max_model_len - max_tokens`: cut the longest clue text, "
+                        "or write an error row.", choices=("truncate", "error"), fp="too_long")
+
+
+@dataclass
+class SamplingConfig:
+    """`[sampling]`: one vLLM `SamplingParams` per record (the hf engine reads the same keys)."""
+
+    max_tokens: int = key(1024, "Most tokens generated per record. Rows that hit it get status `length`.",
+                          min=1, fp="sampling.max_tokens")
+    temperature: float = key(0.7, "0 = greedy (vLLM then ignores top-p/top-k/min-p). vLLM accepts 0–2.",
+                             min=0, fp="sampling.temperature")
+    top_p: float = key(0.8, "Nucleus sampling; 1 = off.", min=0, max=1, above=True, fp="sampling.top_p")
+    top_k: int = key(20, "Keep the k most likely tokens; **0 = off** (vLLM also reads -1 as off).", min=-1,
+                     fp="sampling.top_k")
+    min_p: float = key(0.0, "Drop tokens below `min_p` × the top token's probability; 0 = off.", min=0, max=1,
+                       fp="sampling.min_p")
+    repetition_penalty: float = key(1.0, "> 1 discourages tokens already in the prompt or output; 1 = off.",
+                                    min=0, above=True, fp="sampling.repetition_penalty")
+    presence_penalty: float = key(0.0, "> 0 discourages tokens that already appeared. Qwen suggests 0–2 against "
+                                  "endless repetition.", min=-2, max=2, fp="sampling.presence_penalty")
+    frequency_penalty: float = key(0.0, "> 0 discourages tokens in proportion to their count.", min=-2, max=2,
+                                   fp="sampling.frequency_penalty")
+    stop: list[str] = key(factory=list, doc="Extra stop strings (not included in the text). The model's EOS "
+                          "(`<|im_end|>`) always stops.", fp="sampling.stop")
+    seed: int = key(0, "Base seed. Each record samples with its own seed, derived from `seed` and its `file_id`, "
+                    "so a record's output depends on neither its position in the file nor on resuming.",
+                    fp="sampling.seed")
+    ignore_eos: bool = key(False, "Always generate `max_tokens` tokens. Benchmarks only.", fp="sampling.ignore_eos")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class EngineConfig:
+    """`[engine]`: model identity (shared by every engine) and vLLM engine arguments.
+
+    None means "the engine's own default": the key is then not passed to `vllm.LLM` at all.
+    """
+
+    model: str = key("Qwen/Qwen3-8B", "Hugging Face id or local folder.", **_NON_EMPTY, fp="model")
+    tokenizer: str | None = key(None, "Tokenizer id or folder, when it differs from the model. s2-vllm tokenizes "
+                                "every prompt itself with it; vLLM uses the same one to detokenize.",
+                                default_doc="the model's", fp="tokenizer")
+    revision: str | None = key(None, "Hub branch, tag or commit of the model.", default_doc="latest", fp="revision")
+    dtype: str = key("auto", "`auto` is the checkpoint's `torch_dtype` (bfloat16 for Qwen3).",
+                     choices=("auto", "half", "float16", "bfloat16", "float", "float32"), fp="dtype")
+    max_model_len: int | None = key(None, "Prompt + generated tokens per request. Prompts longer than "
+                                    "`max_model_len - max_tokens` are cut or refused (`[prompt] too_long`) before "
+                                    "they reach vLLM. Smaller values leave more KV cache for concurrency.",
+                                    min=1, default_doc="the model's (40960 for Qwen3-8B)", fp="max_model_len")
+    trust_remote_code: bool = key(False, "Allow model code from the hub (not needed for Qwen).")
+    seed: int | None = key(None, "Engine seed (dummy weights, anything random outside sampling). Sampling uses "
+                           "`[sampling] seed` per record instead.", min=0, default_doc="vLLM's (0)")
+    tensor_parallel_size: int | None = key(None, "GPUs each layer is split over (one node).", min=1,
+                                           default_doc="1")
+    pipeline_parallel_size: int | None = key(None, "Pipeline stages (layers split over GPUs or nodes).", min=1,
+                                             default_doc="1")
+    distributed_executor_backend: str | None = key(
+        None, "`mp` (one node), `ray` (several), `uni` (one process).",
+        choices=("mp", "ray", "uni", "external_launcher"), default_doc="vLLM's choice")
+    gpu_memory_utilization: float | None = key(
+        None, "Share of each GPU's memory vLLM may take for weights, activations and KV cache. Lower it when the "
+        "GPU is shared.", min=0, max=1, above=True, default_doc="vLLM's (0.92)")
+    max_num_seqs: int | None = key(None, "Most sequences in one batch. The in-flight window defaults to twice "
+                                   "this.", min=1, default_doc="vLLM's (1024 on ≥70 GB GPUs such as H100, else 256)")
+    max_num_batched_tokens: int | None = key(None, "Token budget of one engine step (prefill chunks + decodes).",
+                                             min=1, default_doc="vLLM's (16384 on ≥70 GB GPUs, else 8192)")
+    enable_prefix_caching: bool | None = key(
+        None, "Reuse the KV cache of shared prompt prefixes: the chat header, the system prompt and the template "
+        "text before the first clue are shared by every record.",
+        default_doc="vLLM's (on for decoder-only generation)")
+    kv_cache_dtype: str | None = key(None, "`fp8` (`fp8_e4m3`, `fp8_e5m2`, …) halves KV memory on supported GPUs; "
+                                     "slightly changes outputs.", default_doc="`\"auto\"` (= model dtype)",
+                                     fp="kv_cache_dtype", fp_if_set=True)
+    quantization: str | None = key(None, "Quantization method (`awq`, `gptq`, `fp8`, …); usually read from the "
+                                   "checkpoint.", default_doc="none / from the checkpoint", fp="quantization")
+    enforce_eager: bool | None = key(None, "Skip CUDA graph capture: faster start, slower decoding. For tests and "
+                                     "debugging.", default_doc="`false`")
+    load_format: str | None = key(None, "`auto`, `safetensors`, `pt`, … or `dummy` (random weights, no files: "
+                                  "throughput tests only).", default_doc="`\"auto\"`", fp="load_format",
+                                  fp_if_set=True)
+    extra: dict[str, Any] = key(factory=dict, doc="Any other vLLM engine argument, passed through unchanged "
+                                "([`[engine.extra]`](#engineextra)).", default_doc="`{}`")
+
+
+@dataclass
+class HFConfig:
+    """`[hf]`: the transformers engine (CPU, tests, baselines)."""
+
+    batch_size: int = key(8, "Records generated together.", min=1)
+    device: str = key("auto", "Where the model runs.", pattern=r"auto|cpu|mps|cuda(:\d+)?",
+                      expect="auto, cpu, cuda or cuda:N")
+
+
+@dataclass
+class RunConfig:
+    """`[run]`: which engine, where the rows go, how inputs are joined and fed."""
+
+    engine: str = key("vllm", "`vllm` (GPU, or vLLM's CPU build) or `hf` (transformers).", choices=ENGINES)
+    output: str = key("s2_final_descriptions.jsonl", "The checkpoint `run` writes when `-o` is not given.",
+                      **_NON_EMPTY)
+    on_duplicate: str = key("error", "An id twice in one source: stop naming them, or keep its first or last row.",
+                            choices=ON_DUPLICATE)
+    in_flight: int | None = key(None, "Requests kept inside the engine at once; with replicas, the total, split "
+                                "evenly.", min=1, default_doc="the engine's choice (vLLM: 2 × `max_num_seqs`)")
+
+
+@dataclass
+class ParallelConfig:
+    """`[parallel]`: engine replicas on this node (processes) or on a Ray cluster (actors) ([docs/scaling.md](docs/scaling.md))."""
+
+    replicas: int = key(1, "Engine replicas, each with `tensor_parallel_size × pipeline_parallel_size` GPUs.", min=1)
+    ray_address: str | None = key(None, "Run the replicas as Ray actors: `auto`, `HOST:PORT`, or `local` (a "
+                                  "private Ray).", **_NON_EMPTY, default_doc="none: no Ray")
+    max_attempts: int = key(2, "A record whose replica died this many times becomes an error row.", min=1)
+
+
+TABLES: dict[str, type] = {"engine": EngineConfig, "prompt": PromptConfig, "sampling": SamplingConfig,
+                           "hf": HFConfig, "run": RunConfig, "parallel": ParallelConfig}
+
+
+def default_sources() -> list[SourceSpec]:
+    return [
+        SourceSpec("subtitle", "subtitle", "file_id", "english_transcription"),
+        SourceSpec("audio", "audio_description", "file_id", "generated_text"),
+    ]

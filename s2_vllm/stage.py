@@ -1,0 +1,89 @@
+"""A pass over the engine: what differs between fusing clues (`run`) and listing labels (`extract-labels`).
+
+`pipeline.run` takes one `Stage` and has one code path for both: the stage says where its records
+come from, what it adds to the checkpoint's fingerprint, how a finished row is post-processed and,
+when it brings its own sources, its own prompt. Shard and limit apply to every stage alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from s2_vllm.checkpoint import Row
+from s2_vllm.config import Config, SourceSpec
+from s2_vllm.config.tables import PromptConfig
+from s2_vllm.errors import InputError
+from s2_vllm.records import Record, join
+from s2_vllm.template import PromptTemplate
+
+Echo = Callable[[str], None]
+
+
+def _no_check(config: Config) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    read: Callable[[Config, Echo], list[Record]]  # its records, in output order
+    precheck: Callable[[Config], None] = _no_check  # cheap checks of its inputs, before the engine is checked
+    marks: Mapping[str, Any] = field(default_factory=dict)  # added to the checkpoint's fingerprint
+    postprocess: Callable[[Row], Row] | None = None  # applied to each finished row before it is written
+    sources: tuple[SourceSpec, ...] | None = None  # its own sources instead of the config's
+    template: str | None = None  # its prompt, used when the config's template does not use its sources
+    prompt_name: str = ""  # what to call that prompt in the note that says it is used
+
+    def configure(self, config: Config, echo: Echo) -> Config:
+        """The config this stage runs with: the given one, or with its own sources and (maybe) prompt."""
+        if self.sources is None:
+            return config
+        template = config.prompt.template
+        wanted = [s.placeholder for s in self.sources]
+        if not set(wanted) <= set(PromptTemplate.parse(template).placeholders):
+            if template != PromptConfig().template:
+                names = ", ".join(f"{{{p}}}" for p in wanted)
+                echo(f"the config's [prompt] template has no {names}: using the built-in {self.prompt_name} prompt")
+            template = self.template or template
+        return dataclasses.replace(config, sources=list(self.sources),
+                                   prompt=dataclasses.replace(config.prompt, template=template))
+
+
+def check_source_paths(config: Config) -> None:
+    for spec in config.sources:
+        if not spec.path:
+            raise InputError(f"no input file for source '{spec.name}' (give --{_flag(spec.name)} or sources.{spec.name}.path)")
+
+
+def _flag(source: str) -> str:
+    return {"subtitle": "subtitles", "audio": "audio"}.get(source, f"source {source}=PATH")
+
+
+def joined_records(config: Config, echo: Echo) -> list[Record]:
+    """The fusion pass's records: the join of the config's sources, with its report."""
+    check_source_paths(config)
+    records, report = join(config.sources, config.run.on_duplicate)
+    for line in report.lines():
+        echo(line)
+    return records
+
+
+FUSION = Stage("fuse", read=joined_records, precheck=check_source_paths)
+
+
+def shard_of(file_id: str, count: int) -> int:
+    """A stable shard for an id: the same on every machine and every Python."""
+    return int.from_bytes(hashlib.sha1(file_id.encode()).digest()[:8], "big") % count
+
+
+def select(records: list[Record], shard: tuple[int, int] | None, limit: int | None, echo: Echo) -> list[Record]:
+    """Shard I of N (by a stable hash of the id), then the first `limit`: the same for every stage."""
+    if shard is not None:
+        index, count = shard
+        records = [r for r in records if shard_of(r.file_id, count) == index]
+        echo(f"shard {index}/{count}: {len(records)} records")
+    return records if limit is None else records[:limit]
