@@ -101,8 +101,11 @@ def label_stage(inputs: list[Path]) -> Stage:
     [engine], [sampling], [hf] and [prompt] system/enable_thinking come from the config; its [prompt]
     template is used when it has a {description} placeholder (a fusion template is replaced)."""
     return Stage(
-        STAGE, read=lambda config, echo: description_records(inputs, echo), precheck=lambda config: _refuse_labels(inputs),
-        marks={fingerprint.STAGE: STAGE, "label_parser": PARSER_VERSION}, postprocess=add_labels,
+        STAGE,
+        read=lambda config, echo: description_records(inputs, echo),
+        precheck=lambda config: _refuse_labels(inputs),
+        marks={fingerprint.STAGE_KEY: STAGE, "label_parser": PARSER_VERSION},
+        postprocess=add_labels,
         sources=(SourceSpec("description", "description", "file_id", "final_description"),),
         template=LABEL_TEMPLATE, prompt_name="label",
     )

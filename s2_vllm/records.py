@@ -79,8 +79,9 @@ def read_rows(path: str | Path, fmt: str | None = None) -> list[dict[str, Any]]:
 
 
 def _read(path: Path, fmt: str | None) -> _Rows:
-    if fmt is not None and fmt not in SOURCE_FORMATS:  # a config's format is checked by its schema; this is for callers
-        raise InputError(f"{path}: unknown format '{fmt}' (use {', '.join(SOURCE_FORMATS[:-1])} or {SOURCE_FORMATS[-1]})")
+    if fmt is not None and fmt not in SOURCE_FORMATS:  # the schema checks a config's; this guards other callers
+        formats = f"{', '.join(SOURCE_FORMATS[:-1])} or {SOURCE_FORMATS[-1]}"
+        raise InputError(f"{path}: unknown format '{fmt}' (use {formats})")
     try:
         with open(path, "rb") as f:
             head = f.read(65536)

@@ -56,7 +56,8 @@ class Stage:
 def check_source_paths(config: Config) -> None:
     for spec in config.sources:
         if not spec.path:
-            raise InputError(f"no input file for source '{spec.name}' (give --{_flag(spec.name)} or sources.{spec.name}.path)")
+            raise InputError(f"no input file for source '{spec.name}' "
+                             f"(give --{_flag(spec.name)} or sources.{spec.name}.path)")
 
 
 def _flag(source: str) -> str:

@@ -1,9 +1,13 @@
+import dataclasses
+from hashlib import sha256
 from pathlib import Path
 
 import pytest
 
-from s2_vllm.config import Config, config_from_dict, load_config
+from s2_vllm.config import TABLES, Config, SourceSpec, config_from_dict, load_config
+from s2_vllm.config.schema import specs
 from s2_vllm.errors import ConfigError
+from s2_vllm.template import DEFAULT_TEMPLATE
 
 CONFIGS = sorted(Path(__file__).parent.parent.glob("configs/*.toml"))
 
@@ -72,3 +76,56 @@ def test_missing_and_invalid_files(tmp_path):
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_load_and_validate(path):
     load_config(path).validate()
+
+
+# The default fingerprint as s2-vllm wrote it before the schema existed: checkpoints made then still resume.
+BEFORE_THE_SCHEMA = {
+    "model": "Qwen/Qwen3-8B", "tokenizer": None, "revision": None, "dtype": "auto", "quantization": None,
+    "max_model_len": None, "prompt_template": DEFAULT_TEMPLATE, "system_prompt": None, "enable_thinking": False,
+    "too_long": "truncate",
+    "sampling": {"max_tokens": 1024, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "min_p": 0.0,
+                 "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "stop": [], "seed": 0,
+                 "ignore_eos": False},
+    "sources": [{"name": "subtitle", "placeholder": "subtitle", "id_key": "file_id", "text_key": "english_transcription"},
+                {"name": "audio", "placeholder": "audio_description", "id_key": "file_id",
+                 "text_key": "generated_text"}],
+}
+
+
+def test_the_fingerprint_is_the_one_written_before_the_schema():
+    assert Config().fingerprint() == BEFORE_THE_SCHEMA
+    marked = Config().fingerprint(stage={"stage": "x"}, chat_template="{{ messages }}")
+    assert marked == {**BEFORE_THE_SCHEMA, "stage": "x", "chat_template_sha": sha256(b"{{ messages }}").hexdigest()}
+
+
+def _other(spec):
+    """A valid value other than the key's default."""
+    m, default = spec.meta, spec.default
+    if m.choices is not None:
+        return next(c for c in m.choices if c != default)
+    if spec.base is bool:
+        return not default
+    if spec.base is list:
+        return ["x"]
+    if spec.base is dict:
+        return {"block_size": 16}
+    if spec.base is str:
+        return "cuda:1" if m.pattern and "cuda" in m.pattern else "other"
+    if spec.base is int:
+        return (default or m.min or 1) + 1
+    return 0.5 if default != 0.5 else 0.25
+
+
+@pytest.mark.parametrize("table, spec", [(t, s) for t, c in TABLES.items() for s in specs(c, t).values()],
+                         ids=lambda x: x if isinstance(x, str) else x.name)
+def test_a_key_changes_the_fingerprint_exactly_when_the_schema_marks_it(table, spec):
+    changed = Config()
+    setattr(changed, table, dataclasses.replace(getattr(changed, table), **{spec.name: _other(spec)}))
+    assert (changed.fingerprint() != Config().fingerprint()) == (spec.meta.fp is not None)
+
+
+def test_a_source_key_changes_the_fingerprint_exactly_when_the_schema_marks_it():
+    for spec in specs(SourceSpec, "sources").values():
+        changed = Config()
+        changed.sources = [dataclasses.replace(changed.sources[0], **{spec.name: "other"}), changed.sources[1]]
+        assert (changed.fingerprint() != Config().fingerprint()) == (spec.meta.fp is not None), spec.name

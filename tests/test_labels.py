@@ -9,6 +9,7 @@ from s2_vllm.cli import cli
 from s2_vllm.config import Config, PromptConfig
 from s2_vllm.errors import UserError
 from s2_vllm.evaluate import demo_gold_path
+from s2_vllm.stage import shard_of
 from s2_vllm.labels import LABEL_TEMPLATE, add_labels, description_records, label_stage, parse_labels
 from s2_vllm.tiny import demo_paths
 
@@ -167,3 +168,39 @@ def test_stage_resumes_and_refuses_confusions(flow):
     assert same.stderr == f"Error: the output {fused} is also an input; choose another -o\n"
     chained = CliRunner().invoke(cli, ["extract-labels", str(labels), *model, "-o", str(labels) + ".2"])
     assert chained.stderr == f"Error: {labels} holds emotion labels; give the checkpoint written by `s2-vllm run`\n"
+
+
+def test_stage_shards_and_limits_like_run(flow, tmp_path, monkeypatch):
+    fused, _, model, _ = flow
+    ok = [r["file_id"] for r in rows(fused) if r["status"] == "ok"]
+    monkeypatch.chdir(tmp_path)
+    shards = []
+    for index in (0, 1):
+        result = CliRunner().invoke(cli, ["extract-labels", str(fused), *model, "--shard", f"{index}/2"])
+        assert result.exit_code == 0, result.output
+        mine = [i for i in ok if shard_of(i, 2) == index]
+        assert f"shard {index}/2: {len(mine)} records\n" in result.output
+        shards.append(tmp_path / f"emotion_labels.shard-{index}-of-2.jsonl")
+        assert sorted(r["file_id"] for r in rows(shards[-1])) == sorted(mine)  # rows land as they finish
+    status = CliRunner().invoke(cli, ["status", *map(str, shards)])
+    assert status.output.startswith(f"2 checkpoints: {len(ok)} records done")
+    limited = CliRunner().invoke(cli, ["extract-labels", str(fused), *model, "--limit", "2", "-o", "two.jsonl"])
+    assert limited.exit_code == 0, limited.output
+    assert sorted(r["file_id"] for r in rows(tmp_path / "two.jsonl")) == sorted(ok[:2])
+
+
+def test_stage_repairs_a_damaged_labels_checkpoint(flow, tmp_path):
+    fused, labels, model, _ = flow
+    copy = tmp_path / "labels.jsonl"
+    lines = labels.read_bytes().splitlines(keepends=True)
+    copy.write_bytes(lines[0] + b'{"file_id": \n' + b"".join(lines[2:]))
+    (tmp_path / "labels.jsonl.manifest.json").write_bytes((labels.parent / "labels.jsonl.manifest.json").read_bytes())
+    refused = CliRunner().invoke(cli, ["extract-labels", str(fused), *model, "-o", str(copy)])
+    assert refused.exit_code == 2
+    assert refused.stderr == (f"Error: {copy} line 2 is damaged; run with --repair to move damaged lines to "
+                              f"{copy}.rejected and re-run those records\n")
+    repaired = CliRunner().invoke(cli, ["extract-labels", str(fused), *model, "-o", str(copy), "--repair"])
+    assert repaired.exit_code == 0, repaired.output
+    assert f"moved 1 damaged line to {copy}.rejected; their records run again\n" in repaired.output
+    assert sorted(r["file_id"] for r in rows(copy)) == sorted(r["file_id"] for r in rows(labels))
+    assert (tmp_path / "labels.jsonl.rejected").read_bytes() == b'{"file_id": \n'

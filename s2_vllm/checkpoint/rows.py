@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 
+from s2_vllm.checkpoint.files import SideFiles
 from s2_vllm.checkpoint.manifest import describe_changes, read_manifest
 from s2_vllm.errors import CheckpointError
 
@@ -46,7 +47,7 @@ ROW_FIELDS = tuple(f.name for f in fields(Row))
 def damaged(path: Path, bad: list[int]) -> CheckpointError:
     where = f"line {bad[0]} is" if len(bad) == 1 else f"line {bad[0]} and {len(bad) - 1} more are"
     return CheckpointError(f"{path} {where} damaged; run with --repair to move damaged lines to "
-                           f"{path}.rejected and re-run those records")
+                           f"{SideFiles.of(path).rejected} and re-run those records")
 
 
 def parse_line(line: bytes) -> tuple[str, str] | None:

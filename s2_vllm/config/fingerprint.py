@@ -15,7 +15,7 @@ from typing import Any
 from s2_vllm.config.schema import specs
 from s2_vllm.config.tables import TABLES, SourceSpec
 
-STAGE = "stage"  # the key a stage's name sits under; the fusion pass has none
+STAGE_KEY = "stage"  # the key a stage's name sits under; the fusion pass has none
 
 
 def build(config: Any, *, stage: Mapping[str, Any] | None = None, chat_template: str | None = None) -> dict:
@@ -44,7 +44,7 @@ def _source(spec: SourceSpec) -> dict[str, Any]:
 
 def stage_of(fingerprint: Mapping[str, Any] | None) -> str | None:
     """The stage a checkpoint was written by (None: the fusion pass, or no manifest)."""
-    return (fingerprint or {}).get(STAGE)
+    return (fingerprint or {}).get(STAGE_KEY)
 
 
 def headline(fingerprint: Mapping[str, Any]) -> str:

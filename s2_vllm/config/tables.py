@@ -160,7 +160,7 @@ class RunConfig:
 
 @dataclass
 class ParallelConfig:
-    """`[parallel]`: engine replicas on this node (processes) or on a Ray cluster (actors) ([docs/scaling.md](docs/scaling.md))."""
+    """`[parallel]`: engine replicas on this node (processes) or on a Ray cluster (actors); docs/scaling.md."""
 
     replicas: int = key(1, "Engine replicas, each with `tensor_parallel_size × pipeline_parallel_size` GPUs.", min=1)
     ray_address: str | None = key(None, "Run the replicas as Ray actors: `auto`, `HOST:PORT`, or `local` (a "
