@@ -13,7 +13,9 @@ from typing import Any
 import click
 
 from s2_vllm import __version__, flags
+from s2_vllm.config import ENGINES
 from s2_vllm.errors import EngineError, UserError
+from s2_vllm.export import FORMATS as EXPORT_FORMATS
 
 DEBUG_ENV = "S2_VLLM_DEBUG"
 
@@ -172,7 +174,7 @@ def status(checkpoints: tuple[str, ...]) -> None:
 @cli.command()
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="File to write.")
-@click.option("--format", "fmt", type=click.Choice(["json", "jsonl", "csv"]), default="json", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="json", show_default=True,
               help="json: the tutorial's list of {file_id, final_description}.")
 @click.option("--include-failed", is_flag=True, help="json: also rows cut at max_tokens (status length).")
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
@@ -199,7 +201,7 @@ def export(checkpoints: tuple[str, ...], output: str, fmt: str, include_failed: 
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default="s2-vllm-demo", show_default=True,
               help="Where the demo writes its data, checkpoint and export.")
 @click.option("--max-tokens", type=int, default=48, show_default=True)
-@click.option("--engine", type=click.Choice(["vllm", "hf"]),
+@click.option("--engine", type=click.Choice(ENGINES),
               help="Default: vllm where its engine can start (a GPU, or vLLM's CPU build), else hf.")
 def demo(directory: str, max_tokens: int, engine: str | None) -> None:
     """Run the whole pipeline on a tiny random model and bundled data: no GPU, no network.
@@ -226,9 +228,9 @@ def extract_labels(checkpoints: tuple[str, ...], output: str | None, **params: A
 
     Reads the ok rows of fusion checkpoints (shards are merged); each row of the output keeps the
     model's answer in final_description and the parsed, lower-cased labels in labels. From a
-    --config, [engine], [hf], [sampling] and [prompt] system/enable_thinking apply (max_tokens
-    and temperature come from the flags); a [prompt] template with {description} replaces the
-    built-in label prompt.
+    --config, everything but [sources], [run] output/on_duplicate and [sampling]
+    max_tokens/temperature (which come from the flags) applies; a [prompt] template with
+    {description} replaces the built-in label prompt.
 
     \b
     Examples:

@@ -1,9 +1,10 @@
 """The flags `run`, `render` and `extract-labels` share: one table, one name, help and config key each.
 
-A flag with a `key` sets that config key (its click type comes from the schema: a choice key is
-a `click.Choice`; ranges are left to the schema, so `--max-model-len 0` and `max_model_len = 0`
-get the same message). A flag without one belongs to the command (what to select, how to open
-the checkpoint). Each command lists the flags that apply to it with `use(...)`.
+A flag with a `key` sets that config key. Its click type comes from the schema: a choice key is a
+`click.Choice` (so `--help` lists the choices and click refuses others, as it always has); ranges
+are left to the schema, so `--max-model-len 0` and `max_model_len = 0` get the same message. A
+flag without a key belongs to the command (what to select, how to open the checkpoint). Each
+command lists the flags that apply to it with `use(...)`.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from s2_vllm.checkpoint import Row, merge_rows, read_manifest
+from s2_vllm.checkpoint import Row, check_one_run, merge_rows, read_manifest
 from s2_vllm.config import Config, SourceSpec, fingerprint
 from s2_vllm.errors import UserError
 from s2_vllm.records import Record
@@ -103,15 +103,17 @@ def label_stage(inputs: list[Path]) -> Stage:
     return Stage(
         STAGE,
         read=lambda config, echo: description_records(inputs, echo),
-        precheck=lambda config: _refuse_labels(inputs),
-        marks={fingerprint.STAGE_KEY: STAGE, "label_parser": PARSER_VERSION},
+        precheck=lambda config: _check_inputs(inputs),
+        marks={"label_parser": PARSER_VERSION},
         postprocess=add_labels,
         sources=(SourceSpec("description", "description", "file_id", "final_description"),),
         template=LABEL_TEMPLATE, prompt_name="label",
     )
 
 
-def _refuse_labels(paths: list[Path]) -> None:
+def _check_inputs(paths: list[Path]) -> None:
+    """Before the engine is checked: the inputs exist, are of one run, and are fusion checkpoints."""
+    check_one_run(paths)
     for path in paths:
         if fingerprint.stage_of((read_manifest(path) or {}).get("fingerprint")) == STAGE:
             raise UserError(f"{path} holds emotion labels; give the checkpoint written by `s2-vllm run`")
@@ -119,7 +121,7 @@ def _refuse_labels(paths: list[Path]) -> None:
 
 def description_records(paths: list[Path], echo: Callable[[str], None]) -> list[Record]:
     """One record per `ok` row of fusion checkpoints (the last row of an id wins, shards merge)."""
-    _refuse_labels(paths)
+    _check_inputs(paths)
     rows, _ = merge_rows(paths)
     records = []
     for row in rows:

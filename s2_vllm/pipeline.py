@@ -60,7 +60,7 @@ def run(config: Config, options: RunOptions, echo: Echo, *, stage: Stage = FUSIO
     chat_template = str(getattr(tokenizer, "chat_template", None) or "")
     with CheckpointStore(options.output) as store:
         done = store.open(
-            config.fingerprint(stage=stage.marks, chat_template=chat_template), overwrite=options.overwrite,
+            stage.fingerprint(config, chat_template), overwrite=options.overwrite,
             retry_failed=options.retry_failed, repair=options.repair,
         )
         if store.backup is not None:

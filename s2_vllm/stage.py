@@ -29,14 +29,17 @@ def _no_check(config: Config) -> None:
 
 @dataclass(frozen=True)
 class Stage:
-    name: str
+    name: str | None  # in the fingerprint; None for the fusion pass, whose checkpoints predate stages
     read: Callable[[Config, Echo], list[Record]]  # its records, in output order
     precheck: Callable[[Config], None] = _no_check  # cheap checks of its inputs, before the engine is checked
-    marks: Mapping[str, Any] = field(default_factory=dict)  # added to the checkpoint's fingerprint
+    marks: Mapping[str, Any] = field(default_factory=dict)  # added to the fingerprint beside its name
     postprocess: Callable[[Row], Row] | None = None  # applied to each finished row before it is written
     sources: tuple[SourceSpec, ...] | None = None  # its own sources instead of the config's
     template: str | None = None  # its prompt, used when the config's template does not use its sources
     prompt_name: str = ""  # what to call that prompt in the note that says it is used
+
+    def fingerprint(self, config: Config, chat_template: str) -> dict[str, Any]:
+        return config.fingerprint(stage=self.name, marks=self.marks, chat_template=chat_template)
 
     def configure(self, config: Config, echo: Echo) -> Config:
         """The config this stage runs with: the given one, or with its own sources and (maybe) prompt."""
@@ -73,7 +76,7 @@ def joined_records(config: Config, echo: Echo) -> list[Record]:
     return records
 
 
-FUSION = Stage("fuse", read=joined_records, precheck=check_source_paths)
+FUSION = Stage(None, read=joined_records, precheck=check_source_paths)
 
 
 def shard_of(file_id: str, count: int) -> int:

@@ -188,7 +188,11 @@ def run_hf(spec: dict, n: int) -> dict:
 
 def from_summary(checkpoint: Path) -> dict:
     """The summary's numbers: generation_seconds runs from the engine's start to the last row."""
-    summary = json.loads(Path(f"{checkpoint}.summary.json").read_text("utf-8"))
+    from s2_vllm.checkpoint import read_summary
+
+    summary = read_summary(checkpoint)
+    if summary is None:
+        raise SystemExit(f"no run summary beside {checkpoint}")
     return {"records": summary["written"], "prompt_tokens": summary["prompt_tokens"],
             "output_tokens": summary["completion_tokens"], "seconds": summary["generation_seconds"],
             "wall_seconds": summary["wall_seconds"]}

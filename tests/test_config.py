@@ -94,8 +94,11 @@ BEFORE_THE_SCHEMA = {
 
 def test_the_fingerprint_is_the_one_written_before_the_schema():
     assert Config().fingerprint() == BEFORE_THE_SCHEMA
-    marked = Config().fingerprint(stage={"stage": "x"}, chat_template="{{ messages }}")
-    assert marked == {**BEFORE_THE_SCHEMA, "stage": "x", "chat_template_sha": sha256(b"{{ messages }}").hexdigest()}
+    marked = Config().fingerprint(stage="x", marks={"v": 1}, chat_template="{{ messages }}")
+    assert marked == {**BEFORE_THE_SCHEMA, "stage": "x", "v": 1,
+                      "chat_template_sha": sha256(b"{{ messages }}").hexdigest()}
+    with pytest.raises(ValueError, match="may not replace what the fingerprint holds: model"):
+        Config().fingerprint(stage="x", marks={"model": "other"})
 
 
 def _other(spec):

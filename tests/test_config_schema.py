@@ -56,38 +56,50 @@ def test_every_key_refuses_a_wrong_type_in_one_line(tmp_path, table, spec):
     assert error_line(result) == (2, f"Error: {expected}\n")
 
 
-def _outside(spec) -> tuple[str, str] | None:
-    """A TOML value the key refuses for its range or choices, and the line that says so; None when it has neither."""
-    m = spec.meta
+def _outside(spec) -> list[tuple[str, str]]:
+    """TOML values the key refuses for its range or choices (each side of a range), with the line for each."""
+    m, path = spec.meta, spec.path
     if m.choices is not None:
-        return '"nope"', f"{spec.path} must be one of {', '.join(m.choices)}, not 'nope'"
+        return [('"nope"', f"{path} must be one of {', '.join(m.choices)}, not 'nope'")]
     if m.pattern is not None:
         bad = "" if m.expect == "a non-empty string" else "no such thing!"
-        return f'"{bad}"', f"{spec.path} must be {m.expect}, not '{bad}'"
-    if m.max is not None:
-        value = m.max + 1
-    elif m.min is not None:
-        value = m.min if m.above else m.min - 1
-    else:
-        return None
-    literal = str(int(value)) if spec.base is int else repr(float(value))
+        return [(f'"{bad}"', f"{path} must be {m.expect}, not '{bad}'")]
     if m.min is not None and m.max is not None:
         words = f"in {'(' if m.above else '['}{m.min:g}, {m.max:g}]"
-    elif spec.base is int:
-        words = f"at least {m.min:g}"
+    elif m.min is not None:
+        words = f"at least {m.min:g}" if spec.base is int else f"{'>' if m.above else '>='} {m.min:g}"
     else:
-        words = f"{'>' if m.above else '>='} {m.min:g}"
-    return literal, f"{spec.path} must be {words}"
+        return []
+    values = [m.min if m.above else m.min - 1] + ([m.max + 1] if m.max is not None else [])
+    return [(str(int(v)) if spec.base is int else repr(float(v)), f"{path} must be {words}") for v in values]
 
 
-BOUNDED = [(t, s) for t, s in KEYS if _outside(s)]
+BOUNDED = [(t, s, value, line) for t, s in KEYS for value, line in _outside(s)]
 
 
-@pytest.mark.parametrize("table, spec", BOUNDED, ids=[f"{t}.{s.name}" for t, s in BOUNDED])
-def test_every_range_and_choice_is_enforced_in_one_line(tmp_path, table, spec):
-    value, expected = _outside(spec)
+@pytest.mark.parametrize("table, spec, value, expected", BOUNDED, ids=[f"{t}.{s.name}={v}" for t, s, v, _ in BOUNDED])
+def test_every_range_and_choice_is_enforced_in_one_line(tmp_path, table, spec, value, expected):
     result = run_with(tmp_path, f"[{table}]\n{spec.name} = {value}\n")
     assert error_line(result) == (2, f"Error: {expected}\n")
+
+
+@pytest.mark.parametrize("toml, expected", [  # the same rules, spelled out by hand
+    ("[sampling]\ntop_p = 0.0", "sampling.top_p must be in (0, 1]"),
+    ("[sampling]\ntop_p = 1.5", "sampling.top_p must be in (0, 1]"),
+    ("[sampling]\nmin_p = -0.1", "sampling.min_p must be in [0, 1]"),
+    ("[sampling]\npresence_penalty = -3", "sampling.presence_penalty must be in [-2, 2]"),
+    ("[sampling]\nrepetition_penalty = 0", "sampling.repetition_penalty must be > 0"),
+    ("[sampling]\ntop_k = -2", "sampling.top_k must be at least -1"),
+    ("[sampling]\nmax_tokens = 0", "sampling.max_tokens must be at least 1"),
+    ("[engine]\ngpu_memory_utilization = 0", "engine.gpu_memory_utilization must be in (0, 1]"),
+    ("[engine]\nseed = -1", "engine.seed must be at least 0"),
+    ("[engine]\nmodel = \"\"", "engine.model must be a non-empty string, not ''"),
+    ("[engine]\ndistributed_executor_backend = \"slurm\"",
+     "engine.distributed_executor_backend must be one of mp, ray, uni, external_launcher, not 'slurm'"),
+    ("[hf]\ndevice = \"cuda:x\"", "hf.device must be auto, cpu, cuda or cuda:N, not 'cuda:x'"),
+])
+def test_some_refusals_word_for_word(tmp_path, toml, expected):
+    assert error_line(run_with(tmp_path, toml + "\n")) == (2, f"Error: {expected}\n")
 
 
 @pytest.mark.parametrize("table", [*TABLES, "sources.audio"])

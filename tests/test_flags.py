@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import click
 import pytest
 
 from s2_vllm.cli import cli
+from s2_vllm.config import Config
 from s2_vllm.flags import FLAGS, config_from, shard_output
 
 COMMANDS = ("run", "render", "extract-labels")
@@ -36,17 +38,33 @@ def test_each_command_takes_what_applies_to_it():
     assert (params("extract-labels")["max_tokens"].default, params("extract-labels")["temperature"].default) == (64, 0.0)
 
 
-@pytest.mark.parametrize("flag, key, given, stored", [
-    ("top_k", ("sampling", "top_k"), 3, 3), ("max_model_len", ("engine", "max_model_len"), 64, 64),
-    ("enable_thinking", ("prompt", "enable_thinking"), True, True), ("in_flight", ("run", "in_flight"), 5, 5),
-    ("replicas", ("parallel", "replicas"), 2, 2), ("temperature", ("sampling", "temperature"), 1, 1.0),
-])
-def test_a_keyed_flag_sets_its_config_key_and_leaves_the_rest(flag, key, given, stored):
-    rest = {"limit": 3, "shard": None}
-    config = config_from({flag: given, "model": None, **rest})
-    assert getattr(getattr(config, key[0]), key[1]) == stored
-    assert config.engine.model == "Qwen/Qwen3-8B"  # None: not given, the file's (here the default) stays
-    assert rest == {"limit": 3, "shard": None}
+# every flag that sets a config key, the key it sets (as the README and the old cli.py had them), a value to give
+KEYED = {
+    "model": ("engine", "model", "m"), "tokenizer": ("engine", "tokenizer", "t"),
+    "max_model_len": ("engine", "max_model_len", 64), "max_tokens": ("sampling", "max_tokens", 7),
+    "enable_thinking": ("prompt", "enable_thinking", True), "too_long": ("prompt", "too_long", "error"),
+    "on_duplicate": ("run", "on_duplicate", "last"), "engine": ("run", "engine", "hf"),
+    "temperature": ("sampling", "temperature", 0.5), "top_p": ("sampling", "top_p", 0.5),
+    "top_k": ("sampling", "top_k", 3), "seed": ("sampling", "seed", 11), "batch_size": ("hf", "batch_size", 2),
+    "in_flight": ("run", "in_flight", 5), "replicas": ("parallel", "replicas", 2),
+    "ray_address": ("parallel", "ray_address", "auto"),
+}
+
+
+def test_every_keyed_flag_is_listed_here():
+    assert {name for name, flag in FLAGS.items() if flag.key} == set(KEYED)
+
+
+@pytest.mark.parametrize("flag", sorted(KEYED))
+def test_a_keyed_flag_sets_its_config_key_and_leaves_the_rest(flag):
+    table, key, value = KEYED[flag]
+    given = {flag: value, "model" if flag != "model" else "tokenizer": None, "limit": 3, "shard": None}
+    config = config_from(given)
+    assert getattr(getattr(config, table), key) == value
+    untouched = Config()
+    setattr(untouched, table, dataclasses.replace(getattr(untouched, table), **{key: value}))
+    assert config == untouched  # nothing else changed; a None flag (not given) leaves the default
+    assert given == {"limit": 3, "shard": None}  # the command's own flags stay for it
 
 
 def test_a_shard_names_the_default_output():

@@ -71,7 +71,7 @@ def test_label_config_replaces_a_fusion_template_and_keeps_a_description_one():
 
 def test_label_fingerprint_differs_from_fusion():
     fusion = Config().fingerprint()
-    stage = label_config(Config(), print).fingerprint(stage=label_stage([]).marks)
+    stage = label_stage([]).fingerprint(label_config(Config(), print), "")
     assert stage["stage"] == "extract-labels" and "stage" not in fusion
     assert stage["prompt_template"] != fusion["prompt_template"] and stage["sources"] != fusion["sources"]
 

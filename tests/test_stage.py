@@ -27,7 +27,7 @@ def test_a_stage_brings_its_records_sources_prompt_marks_and_postprocess(tiny_mo
     echoed = []
     stage = Stage(
         "shout", read=lambda config, echo: [Record(i, {"clue": f"clue {i}"}) for i in IDS],
-        marks={"stage": "shout", "version": 3}, postprocess=lambda row: dataclasses.replace(row, labels=["seen"]),
+        marks={"version": 3}, postprocess=lambda row: dataclasses.replace(row, labels=["seen"]),
         sources=(SourceSpec("clue", "clue", "file_id", "text"),), template="Clue: {clue}\nEmotion:", prompt_name="shout",
     )
     out = tmp_path / "shout.jsonl"

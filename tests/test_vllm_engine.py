@@ -406,6 +406,8 @@ def test_capacity():
     assert make_engine(fake)[0].capacity() == 512  # vLLM's default 256, doubled
     with pytest.raises(ConfigError, match="^run.in_flight must be at least 1$"):  # the schema's, before any engine
         config_from_dict({"run": {"in_flight": 0}})
+    with pytest.raises(ValueError, match="^in_flight must be at least 1, not 0$"):  # a caller that skipped the schema
+        make_engine(in_flight=0)
 
 
 def test_start_failure_is_engine_error():

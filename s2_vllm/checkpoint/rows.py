@@ -76,17 +76,15 @@ def iter_rows(path: str | Path) -> Iterator[Row]:
             yield Row.from_dict(orjson.loads(held[1]))
 
 
-def merge_rows(paths: list[Path]) -> tuple[list[Row], dict[str, int]]:
-    """The rows of several checkpoints of one run, in file order; for an id seen twice the last row is kept.
-
-    Returns (rows, {"duplicates": ids found in more than one file, "files": number of files}).
-    Refuses checkpoints written with different configs.
-    """
+def check_one_run(paths: list[Path]) -> None:
+    """Refuse checkpoints that do not exist or were written with different configs (cheap: manifests only)."""
     first: tuple[Path, dict] | None = None
     for path in map(Path, paths):
+        if not path.exists():
+            raise CheckpointError(f"checkpoint {path} does not exist")
         manifest = read_manifest(path)
         if manifest is None:
-            continue  # nothing to compare; its rows are still worth exporting
+            continue  # nothing to compare; its rows are still worth reading
         if first is None:
             first = (path, manifest["fingerprint"])
         elif changes := describe_changes(first[1], manifest["fingerprint"]):
@@ -94,6 +92,15 @@ def merge_rows(paths: list[Path]) -> tuple[list[Row], dict[str, int]]:
                 f"{first[0]} and {path} were written with different configs (changed: {changes}); "
                 "merge only the checkpoints of one run"
             )
+
+
+def merge_rows(paths: list[Path]) -> tuple[list[Row], dict[str, int]]:
+    """The rows of several checkpoints of one run, in file order; for an id seen twice the last row is kept.
+
+    Returns (rows, {"duplicates": ids found in more than one file, "files": number of files}).
+    Refuses checkpoints written with different configs.
+    """
+    check_one_run(paths)
     rows: dict[str, Row] = {}
     owner: dict[str, int] = {}
     shared: set[str] = set()

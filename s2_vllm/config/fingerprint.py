@@ -18,7 +18,10 @@ from s2_vllm.config.tables import TABLES, SourceSpec
 STAGE_KEY = "stage"  # the key a stage's name sits under; the fusion pass has none
 
 
-def build(config: Any, *, stage: Mapping[str, Any] | None = None, chat_template: str | None = None) -> dict:
+def build(config: Any, *, stage: str | None = None, marks: Mapping[str, Any] | None = None,
+          chat_template: str | None = None) -> dict:
+    """The fingerprint of a pass of `stage` (None: the fusion pass, whose checkpoints predate stages and
+    hold no stage name) with the stage's own `marks`, over a tokenizer with `chat_template`."""
     out: dict[str, Any] = {}
     for table in TABLES:
         values = getattr(config, table)
@@ -34,7 +37,11 @@ def build(config: Any, *, stage: Mapping[str, Any] | None = None, chat_template:
     out["sources"] = [_source(s) for s in config.sources]
     if chat_template is not None:
         out["chat_template_sha"] = hashlib.sha256(chat_template.encode()).hexdigest()
-    return {**out, **(stage or {})}
+    if stage is not None:
+        out[STAGE_KEY] = stage
+    if clash := set(marks or {}) & set(out):
+        raise ValueError(f"a stage's marks may not replace what the fingerprint holds: {', '.join(sorted(clash))}")
+    return {**out, **(marks or {})}
 
 
 def _source(spec: SourceSpec) -> dict[str, Any]:

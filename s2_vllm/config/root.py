@@ -67,6 +67,7 @@ class Config:
         if missing:
             raise ConfigError(f"prompt template never uses {{{missing[0]}}}, so its source would be read for nothing")
 
-    def fingerprint(self, *, stage: Mapping[str, Any] | None = None, chat_template: str | None = None) -> dict:
+    def fingerprint(self, *, stage: str | None = None, marks: Mapping[str, Any] | None = None,
+                    chat_template: str | None = None) -> dict:
         """Everything that changes a result row (see `fingerprint.build`)."""
-        return fp.build(self, stage=stage, chat_template=chat_template)
+        return fp.build(self, stage=stage, marks=marks, chat_template=chat_template)

@@ -98,8 +98,6 @@ def engine_kwargs(cfg: EngineConfig) -> dict[str, Any]:
     their annotations, then `EngineArgs(**kwargs)` is built (not the engine) so its own
     `__post_init__` checks run.
     """
-    if not isinstance(cfg.extra, dict):
-        raise ConfigError("[engine.extra] must be a table of vLLM engine arguments")
     kwargs = {name: getattr(cfg, name) for name in ENGINE_FIELDS if getattr(cfg, name) is not None}
     for key, value in cfg.extra.items():
         if key in ENGINE_FIELDS:
@@ -191,6 +189,8 @@ class VLLMEngine:
         platform: PlatformSettings | None = None,
         llm_factory: Callable[..., Any] | None = None,
     ) -> None:
+        if in_flight is not None and in_flight < 1:  # the schema refuses it in a config; this guards callers
+            raise ValueError(f"in_flight must be at least 1, not {in_flight}")
         self._sampling = sampling
         sampling_params(sampling, 0)  # bad sampling values fail before the model loads
         kwargs = engine_kwargs(engine)
