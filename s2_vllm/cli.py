@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import statistics
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from s2_vllm import __version__, flags
+from s2_vllm import __version__, flags, signals
 from s2_vllm.config import ENGINES
 from s2_vllm.errors import EngineError, UserError
 from s2_vllm.export import FORMATS as EXPORT_FORMATS
@@ -33,48 +30,16 @@ class Stopped(Failure):
         click.echo(self.format_message(), err=True)
 
 
-class Interrupt(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM outside the runner's loop (reading inputs, imports, model loading).
-
-    A subclass, not KeyboardInterrupt itself: CPython remembers a bare KeyboardInterrupt that
-    escaped Python code run from C (PyRun_*, which some extension modules call) and then ends the
-    process by SIGINT at exit, whatever exit code the command chose (seen once as exit -2).
-    """
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise Interrupt()
-
-
-@contextlib.contextmanager
-def _interrupt_on_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM raise Interrupt, so both stop any command the same way (exit 130)."""
-    try:
-        previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread: signals are not ours to handle
-        yield
-        return
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
 class Group(click.Group):
     """Turns our exceptions into one-line messages and exit codes; --debug keeps tracebacks."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from s2_vllm.pipeline import RunInterrupted
-
         debug = bool(ctx.params.get("debug")) or bool(os.environ.get(DEBUG_ENV))
         try:
-            with _interrupt_on_signals():
+            with signals.handled():  # SIGINT and SIGTERM stop every command the same way (exit 130)
                 return super().invoke(ctx)
-        except RunInterrupted as exc:
-            raise Stopped(str(exc), 130) from None
-        except KeyboardInterrupt:  # Ctrl-C/SIGTERM outside the runner's loop (imports, model loading)
-            raise Stopped("interrupted; run the same command to resume", 130) from None
+        except KeyboardInterrupt as exc:  # signals.Interrupted, with how far the run got, or a bare Ctrl-C
+            raise Stopped(str(exc) if isinstance(exc, signals.Interrupted) else signals.RESUME_HINT, 130) from None
         except (UserError, EngineError) as exc:
             if debug:
                 raise

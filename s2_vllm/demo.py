@@ -30,14 +30,15 @@ def choose_engine() -> tuple[str, str]:
     """The engine the demo runs on, and why: vLLM wherever it can start, else transformers."""
     try:
         from s2_vllm.engines.vllm import _import_vllm
+        from s2_vllm.engines.vllm_api import platform_kind
 
         vllm = _import_vllm()
-        from vllm.platforms import current_platform
+        kind = platform_kind()
     except Exception as exc:
         return "hf", f"vLLM cannot be imported here ({one_line(exc)})"
-    if current_platform.is_cuda():
+    if kind == "cuda":
         return "vllm", f"vLLM {vllm.__version__} sees a CUDA GPU"
-    if current_platform.is_cpu():
+    if kind == "cpu":
         return "vllm", f"vLLM {vllm.__version__} is its CPU build; its engine starts in about a minute on 2 cores"
     return "hf", (f"vLLM {vllm.__version__} is the CUDA build and sees no GPU "
                   "(scripts/install.sh --cpu installs its CPU build)")
@@ -66,7 +67,7 @@ def run_demo(directory: Path, *, max_tokens: int, echo: Callable[[str], None], e
 
     run = ["run", "--engine", engine, "--model", str(model), "--audio", str(audio), "--subtitles", str(subtitles),
            "-o", str(checkpoint), "--max-tokens", str(max_tokens), "--temperature", "0"]
-    # A small window, so rows arrive one after another and the interrupt lands mid-run.
+    # Few requests in flight, so rows arrive one after another and the interrupt lands mid-run.
     run += ["--batch-size", "4"] if engine == "hf" else ["--in-flight", "8"]
     echo("$ s2-vllm " + " ".join(run))
     process = subprocess.Popen([sys.executable, "-m", "s2_vllm", *run])

@@ -13,13 +13,15 @@ from typing import Any, TypeVar
 from s2_vllm.checkpoint import CheckpointStore, Row, SideFiles
 from s2_vllm.config import Config
 from s2_vllm.engine_log import EngineLog, console
-from s2_vllm.engines import Engine, check_engine_config, create_engine, platform_notes
+from s2_vllm.engines import Engine, check_engine_config, create_engine, platform_settings
 from s2_vllm.errors import EngineError
-from s2_vllm.progress import ProgressBar, RunStats, summary_lines
+from s2_vllm.model_config import read_model_config
+from s2_vllm.progress import ProgressBar, RunStats, say_above_bar, summary_lines
 from s2_vllm.prompts import PromptBuilder, iter_prompts, load_tokenizer, resolve_max_model_len
 from s2_vllm.reaper import Watchdog, stop_leftovers
 from s2_vllm.records import Record
 from s2_vllm.runner import Runner
+from s2_vllm.signals import Interrupted
 from s2_vllm.stage import FUSION, Stage, select
 
 T = TypeVar("T")
@@ -39,24 +41,30 @@ class RunOptions:
     show_engine_log: bool = False  # the engine's output on the console, not in OUTPUT.engine.log
 
 
-class RunInterrupted(Exception):
-    """The run stopped on a signal; everything finished so far is in the checkpoint."""
+@dataclass
+class EngineSetup:
+    """What the engine needs, worked out once per run before the checkpoint opens."""
+
+    kwargs: dict[str, Any] | None  # vLLM's checked arguments (None: hf)
+    model_config: Any | None  # the model's config.json, as transformers reads it
 
 
 def run(config: Config, options: RunOptions, echo: Echo, *, stage: Stage = FUSION,
         engine: Engine | None = None) -> dict[str, Any]:
     """Run `stage` (by default the fusion pass) to the end or to a signal; returns the summary.
 
-    Raises RunInterrupted on a signal. A caller that passes a running `engine` keeps it: it is
+    Raises Interrupted on a signal, saying how far it got. A caller that passes a running `engine` keeps it: it is
     used as it is and not closed (tests share one).
     """
     config = stage.configure(config, echo)
     config.validate()
     stage.precheck(config)  # before the engine check, which imports vLLM (seconds)
-    check_engine_config(config)
+    kwargs = check_engine_config(config)
     records = select(stage.read(config, echo), options.shard, options.limit, echo)
     tokenizer = load_tokenizer(config)
-    builder = PromptBuilder(config, tokenizer, resolve_max_model_len(config))
+    model_config = read_model_config(config.engine)
+    builder = PromptBuilder(config, tokenizer, resolve_max_model_len(config, model_config))
+    setup = EngineSetup(kwargs, model_config)
     chat_template = str(getattr(tokenizer, "chat_template", None) or "")
     with CheckpointStore(options.output) as store:
         done = store.open(
@@ -78,25 +86,27 @@ def run(config: Config, options: RunOptions, echo: Echo, *, stage: Stage = FUSIO
         if stats.resumed:
             echo(f"resuming {options.output}: {stats.resumed} of {len(records)} records already done")
         if pending:
-            _generate(config, options, store, builder, pending, stats, stage.postprocess, echo, engine)
+            _generate(config, setup, options, store, builder, pending, stats, stage.postprocess, echo, engine)
         summary = stats.summary(config.run.engine)
         store.write_summary(summary)
     for line in summary_lines(summary):
         echo(line)
     if stats.interrupted:
-        raise RunInterrupted(f"interrupted; {stats.resumed + stats.written} of {stats.total} records are in "
+        raise Interrupted(f"interrupted; {stats.resumed + stats.written} of {stats.total} records are in "
                              f"{options.output}: run the same command to resume")
     return summary
 
 
-def _generate(config: Config, options: RunOptions, store: CheckpointStore, builder: PromptBuilder,
-              pending: list[Record], stats: RunStats, postprocess: Postprocess | None,
+def _generate(config: Config, setup: EngineSetup, options: RunOptions, store: CheckpointStore,
+              builder: PromptBuilder, pending: list[Record], stats: RunStats, postprocess: Postprocess | None,
               echo: Echo, given: Engine | None = None) -> None:
     store.write_summary(stats.summary(config.run.engine))
     # The checkpoint's lock is ours, so an engine on this list belongs to a run that is gone.
     stop_leftovers(store.files.engine_pids, echo)
-    for note in platform_notes(config):
-        echo(note)
+    platforms = platform_settings(config, setup.model_config)
+    if platforms:
+        for note in platforms[0].notes:
+            echo(f"vLLM on CPU: {note}")
     log_path = store.files.engine_log
     if not options.show_engine_log:
         echo(f"engine log: {log_path} (--show-engine-log shows it here)")
@@ -104,15 +114,18 @@ def _generate(config: Config, options: RunOptions, store: CheckpointStore, build
     try:
         with EngineLog(log_path, live=options.show_engine_log):
             try:
-                engine = given if given is not None else create_engine(config, builder.tokenizer)
+                engine = given if given is not None else create_engine(
+                    config, builder.tokenizer, kwargs=setup.kwargs, platforms=platforms, notify=say_above_bar)
             except EngineError as exc:
                 raise EngineError(f"{exc}{_see_log(options)}") from exc
             stats.engine_ready = time.monotonic()
-            stats.details = getattr(engine, "summary_details", None)  # a replica pool adds per-replica numbers
+            stats.details = engine.summary_details  # a replica pool adds per-replica numbers
+            for note in engine.notes():
+                say_above_bar(note)
             progress = ProgressBar(stats, enabled=options.progress, file=console())
             try:
                 runner = Runner(engine, store, stats, seed=config.sampling.seed,
-                                thinking=config.prompt.enable_thinking, window=config.run.in_flight,
+                                thinking=config.prompt.enable_thinking, in_flight=config.run.in_flight,
                                 progress=progress, postprocess=postprocess)
                 with prefetched(iter_prompts(builder, pending)) as prompts:
                     runner.run(prompts)

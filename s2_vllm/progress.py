@@ -89,6 +89,15 @@ def replica_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def say_above_bar(line: str) -> None:
+    """A line of s2-vllm's own on the console while an engine runs: above the progress bar, not in the engine log."""
+    from tqdm import tqdm
+
+    from s2_vllm.engine_log import console
+
+    tqdm.write(line, file=console())
+
+
 class ProgressBar:
     """tqdm over every record in scope; rows found at start count as done.
 

@@ -47,17 +47,15 @@ def load_tokenizer(config: Config) -> Any:
         raise ConfigError(f"cannot load the tokenizer '{name}': {one_line(exc)}") from exc
 
 
-def resolve_max_model_len(config: Config) -> int | None:
-    """[engine] max_model_len, else the model config's max_position_embeddings."""
+def resolve_max_model_len(config: Config, model_config: Any | None = None) -> int | None:
+    """[engine] max_model_len, else the model config's max_position_embeddings (`model_config`: the
+    run's, when it has read it already)."""
     if config.engine.max_model_len:
         return config.engine.max_model_len
-    from transformers import AutoConfig
+    if model_config is None:
+        from s2_vllm.model_config import read_model_config
 
-    e = config.engine
-    try:
-        model_config = AutoConfig.from_pretrained(e.model, revision=e.revision, trust_remote_code=e.trust_remote_code)
-    except Exception:
-        return None
+        model_config = read_model_config(config.engine)
     return getattr(model_config, "max_position_embeddings", None)
 
 

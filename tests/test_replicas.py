@@ -26,9 +26,11 @@ from s2_vllm.cli import cli
 from s2_vllm.config import Config, config_from_dict
 from s2_vllm.engines import create_engine
 from s2_vllm.engines.base import Completion, GenerationRequest
+from s2_vllm.engines.messages import Abort, Add, Dead, Done, Fault, Lost, Ready, Stop, Tokens
 from s2_vllm.engines.pool import PoolBase
 from s2_vllm.engines.replica import gpu_slices, replica_config, replica_envs
 from s2_vllm.errors import ConfigError, EngineError
+from s2_vllm.progress import say_above_bar
 
 # ---------------------------------------------------------------- the pool's logic, no processes
 
@@ -43,12 +45,12 @@ class FakePool(PoolBase):
         self.sent: list[tuple[int, tuple]] = []
         self.inbox: list[tuple[int, tuple]] = []
         self.events: list[str] = []
-        super().__init__(c, envs or [{} for _ in range(replicas)])
+        super().__init__(c, envs or [{} for _ in range(replicas)], factory=lambda index: None, notify=say_above_bar)
 
-    def _launch(self, replica, config):
+    def _launch(self, replica):
         self.events.append(f"launch {replica.index}")
         replica.handle = object()
-        self.inbox.append((replica.index, ("ready", self.window, 1000 + replica.index, "test")))
+        self.inbox.append((replica.index, Ready(self.window, 1000 + replica.index, "test")))
 
     broken: set[int] = set()
 
@@ -66,12 +68,12 @@ class FakePool(PoolBase):
         """Keys sent to each replica so far."""
         out: dict[int, list[str]] = {}
         for index, message in self.sent:
-            if message[0] == "add":
-                out.setdefault(index, []).extend(r.key for r in message[1])
+            if isinstance(message, Add):
+                out.setdefault(index, []).extend(r.key for r in message.requests)
         return out
 
     def finish(self, index: int, *keys: str) -> None:
-        self.inbox.append((index, ("done", [Completion(k, f"text {k}", "stop", 3, 2) for k in keys])))
+        self.inbox.append((index, Done([Completion(k, f"text {k}", "stop", 3, 2) for k in keys])))
 
 
 def request(key: str) -> GenerationRequest:
@@ -80,7 +82,7 @@ def request(key: str) -> GenerationRequest:
 
 def test_requests_go_to_the_replica_with_the_most_free_window():
     pool = FakePool(replicas=2, window=2)
-    assert pool.capacity() == 4 and pool.pids() == [1000, 1001]
+    assert pool.in_flight() == 4 and pool.pids() == [1000, 1001]
     for key in "abc":
         pool.add(request(key))
     assert pool.step() == []
@@ -105,12 +107,12 @@ def test_a_dead_replicas_requests_go_to_the_others_then_fail_after_max_attempts(
         pool.add(request(key))
     pool.step()
     assert pool.added() == {0: ["a", "d"], 1: ["b"], 2: ["c"]}
-    pool.inbox.append((0, ("lost", "killed by SIGKILL")))
+    pool.inbox.append((0, Lost("killed by SIGKILL")))
     assert pool.step() == []
     assert pool.added() == {0: ["a", "d"], 1: ["b", "a"], 2: ["c", "d"]}
     assert "replica 0 died (killed by SIGKILL); 2 unfinished records go back" in capsys.readouterr().err
     pool.finish(0, "a")  # a late message from the dead replica is ignored
-    pool.inbox.append((1, ("dead", "CUDA out of memory")))
+    pool.inbox.append((1, Dead(Fault("EngineError", "CUDA out of memory"))))
     done = pool.step()  # "a" died twice: an error row; "b" died once: to replica 2
     assert [(c.key, c.finish_reason) for c in done] == [("a", "error")]
     assert "died 2 times (last: replica 1, CUDA out of memory)" in done[0].error
@@ -118,7 +120,7 @@ def test_a_dead_replicas_requests_go_to_the_others_then_fail_after_max_attempts(
     pool.finish(2, "c")
     assert [c.key for c in pool.step()] == ["c"]
     assert pool.added()[2] == ["c", "d", "b"]
-    pool.inbox.append((2, ("lost", "exited with code 1")))
+    pool.inbox.append((2, Lost("exited with code 1")))
     with pytest.raises(EngineError) as exc:
         pool.step()
     assert str(exc.value).startswith("all 3 replicas died (replica 0: killed by SIGKILL; ")
@@ -151,7 +153,7 @@ def test_abort_drops_everything_and_tells_the_replicas():
     pool.step()
     pool.abort()
     assert not pool.has_unfinished()
-    assert [m for _, m in pool.sent if m[0] == "abort"] == [("abort",), ("abort",)]
+    assert [m for _, m in pool.sent if isinstance(m, Abort)] == [Abort(), Abort()]
     pool.finish(0, "a")
     assert pool.step() == []
 
@@ -234,8 +236,8 @@ def setup(tiny_model, tmp_path_factory):
 def capture_pools(monkeypatch) -> list:
     pools: list = []
 
-    def create(config, tokenizer):
-        engine = create_engine(config, tokenizer)
+    def create(config, tokenizer, **kw):
+        engine = create_engine(config, tokenizer, **kw)
         pools.append(engine)
         return engine
 
@@ -252,8 +254,8 @@ def kill_mid_run(pools: list, output: Path, victims: list[int], after_rows: int 
         while time.monotonic() < deadline:
             pool = pools[0] if pools else None
             if (pool is not None and output.exists() and output.read_bytes().count(b"\n") >= after_rows
-                    and all(pool.replicas[i].in_flight for i in victims)):
-                state["held"] = [len(pool.replicas[i].in_flight) for i in victims]
+                    and all(pool.replicas[i].running for i in victims)):
+                state["held"] = [len(pool.replicas[i].running) for i in victims]
                 for i in victims:
                     os.kill(pool.pids()[i], signal.SIGKILL)
                 return
@@ -384,11 +386,13 @@ def test_two_vllm_replicas_share_one_gpu_at_under_half_memory_each(setup, tmp_pa
 
 
 def test_a_request_the_replica_engine_refuses_comes_back_as_an_error(tiny_model, tmp_path):
+    from s2_vllm.engines import EngineFactory
     from s2_vllm.engines.replica import serve
 
     config = h.config(tiny_model, (tmp_path / "a.json", tmp_path / "s.json"))
-    inbox = [("add", [GenerationRequest("empty", [], 0)]), None, ("stop",)]  # None: nothing waiting
+    inbox = [Add([GenerationRequest("empty", [], 0)]), None, Stop()]  # None: nothing waiting
     sent = []
-    serve(config, {}, lambda timeout: inbox.pop(0), sent.append)
-    assert sent[0][0] == "ready"
-    assert sent[1:] == [("done", [Completion("empty", "", "error", 0, 0, "engine refused the request: empty prompt")])]
+    serve(EngineFactory(config), 0, {}, lambda timeout: inbox.pop(0), sent.append)
+    assert isinstance(sent[0], Ready)
+    assert [m for m in sent[1:] if not isinstance(m, Tokens)] == [
+        Done([Completion("empty", "", "error", 0, 0, "engine refused the request: empty prompt")])]

@@ -3,13 +3,13 @@
 import os
 import signal
 
-from s2_vllm.engines.base import Completion, record_seed
+from s2_vllm.engines.base import Completion, Engine, record_seed
 from s2_vllm.progress import RunStats
 from s2_vllm.prompts import Prompt
 from s2_vllm.runner import Runner
 
 
-class ShuffledEngine:
+class ShuffledEngine(Engine):
     """Finishes the newest request first, two per step; refuses ids in `refuse`."""
 
     name = "shuffled"
@@ -23,7 +23,7 @@ class ShuffledEngine:
         self.on_step = on_step
         self.steps = 0
 
-    def capacity(self):
+    def in_flight(self):
         return self._capacity
 
     def add(self, request):

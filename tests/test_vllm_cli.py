@@ -13,7 +13,7 @@ import signal
 import orjson
 import pytest
 
-from s2_vllm.engines.vllm_cpu import is_cpu_platform
+from s2_vllm.engines.vllm_api import is_cpu_platform
 from vllm_helpers import cli, engine_processes, kill_all, rows, wait_for_rows, wait_gone, write_dataset
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]

@@ -397,13 +397,13 @@ def test_requests_the_engine_dropped_come_back_as_errors():
     assert not eng.has_unfinished()
 
 
-def test_capacity():
-    assert make_engine(FakeLLMEngine(max_num_seqs=7))[0].capacity() == 14  # the engine's scheduler
-    assert make_engine(engine_cfg=EngineConfig(max_num_seqs=4))[0].capacity() == 8
-    assert make_engine(in_flight=3)[0].capacity() == 3
+def test_in_flight_bound():
+    assert make_engine(FakeLLMEngine(max_num_seqs=7))[0].in_flight() == 14  # the engine's scheduler
+    assert make_engine(engine_cfg=EngineConfig(max_num_seqs=4))[0].in_flight() == 8
+    assert make_engine(in_flight=3)[0].in_flight() == 3
     fake = FakeLLMEngine()
     del fake.vllm_config
-    assert make_engine(fake)[0].capacity() == 512  # vLLM's default 256, doubled
+    assert make_engine(fake)[0].in_flight() == 512  # vLLM's default 256, doubled
     with pytest.raises(ConfigError, match="^run.in_flight must be at least 1$"):  # the schema's, before any engine
         config_from_dict({"run": {"in_flight": 0}})
     with pytest.raises(ValueError, match="^in_flight must be at least 1, not 0$"):  # a caller that skipped the schema
@@ -440,8 +440,9 @@ def test_bad_config_fails_before_the_engine_is_built():
 
 
 def test_close_aborts_leftovers_and_is_idempotent():
-    eng, fake, _ = make_engine(FakeLLMEngine(steps={"a": 9}))
+    fake = FakeLLMEngine(steps={"a": 9})
     fake.engine_core = SimpleNamespace(shutdown=lambda: fake.aborted.append("<shutdown>"))
+    eng, fake, _ = make_engine(fake)
     eng.add(req("a"))
     eng.close()
     eng.close()

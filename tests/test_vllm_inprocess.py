@@ -93,7 +93,7 @@ def test_runs_through_the_pipeline_and_labels_on_the_shared_engine(engine, tiny_
     assert summary["written"] == len(got) == 47
     assert {r["status"] for r in got} == {"ok", "length", "skipped"}  # the demo data has one empty subtitle
     # The engine was the caller's: it is still usable.
-    assert engine.capacity() == 16 and not engine.has_unfinished()
+    assert engine.in_flight() == 16 and not engine.has_unfinished()
 
     labels = tmp_path / "labels.jsonl"
     process = cli("extract-labels", str(fused), "--model", str(tiny_model), "-o", str(labels), "--max-tokens", "16",

@@ -114,7 +114,7 @@ class EngineConfig:
     gpu_memory_utilization: float | None = key(
         None, "Share of each GPU's memory vLLM may take for weights, activations and KV cache. Lower it when the "
         "GPU is shared.", min=0, max=1, above=True, default_doc="vLLM's (0.92)")
-    max_num_seqs: int | None = key(None, "Most sequences in one batch. The in-flight window defaults to twice "
+    max_num_seqs: int | None = key(None, "Most sequences in one batch. The in-flight bound defaults to twice "
                                    "this.", min=1, default_doc="vLLM's (1024 on ≥70 GB GPUs such as H100, else 256)")
     max_num_batched_tokens: int | None = key(None, "Token budget of one engine step (prefill chunks + decodes).",
                                              min=1, default_doc="vLLM's (16384 on ≥70 GB GPUs, else 8192)")

@@ -2,15 +2,18 @@
 
 An engine takes pre-tokenized requests one at a time (`add`) and hands back the ones
 that finished whenever it is stepped (`step`), in whatever order they finish. The
-runner keeps `capacity()` requests in flight and writes each completion at once.
+runner keeps `in_flight()` requests added and unfinished and writes each completion at once.
 Engines know nothing of checkpoints, files or records.
 """
 
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any
+
+from s2_vllm.errors import one_line
 
 
 @dataclass(frozen=True)
@@ -30,32 +33,50 @@ class Completion:
     error: str | None = None
 
 
-class Engine(Protocol):
-    """Optional members the runner looks for: `interruptible_step` (True when a step can run
-    long and a Ctrl-C may end it by raising inside it) and `tokens_in_flight()` (output tokens
-    of unfinished requests so far, for the progress bar)."""
+def refusal(exc: BaseException) -> str:
+    """The error of a request the engine would not take (a row's `error`, in-process or in a replica)."""
+    return f"engine refused the request: {one_line(exc)}"
+
+
+class Engine(ABC):
+    """An engine the runner drives. The members with a body are optional: engines override them as they can."""
 
     name: str
+    interruptible_step: bool = False  # True when one step can run long and a Ctrl-C may end it by raising inside it
 
-    def capacity(self) -> int:
+    @abstractmethod
+    def in_flight(self) -> int:
         """How many requests the runner should keep added and unfinished."""
-        ...
 
+    @abstractmethod
     def add(self, request: GenerationRequest) -> None:
-        """Queue one request. Raising here fails that request alone."""
-        ...
+        """Queue one request. Raising here fails that request alone; EngineError means the engine is gone."""
 
+    @abstractmethod
     def step(self) -> list[Completion]:
         """Advance generation; return the requests that finished (maybe none)."""
-        ...
 
+    @abstractmethod
     def has_unfinished(self) -> bool: ...
 
+    @abstractmethod
     def abort(self) -> None:
         """Drop every unfinished request (on Ctrl-C); their results are never written."""
-        ...
 
+    @abstractmethod
     def close(self) -> None: ...
+
+    def tokens_in_flight(self) -> int:
+        """Output tokens generated so far by unfinished requests, for the progress bar."""
+        return 0
+
+    def notes(self) -> list[str]:
+        """Lines for the run's header once the engine has started (its version, what is off and why)."""
+        return []
+
+    def summary_details(self) -> dict[str, Any]:
+        """More keys for the run's summary (a replica pool's per-replica numbers)."""
+        return {}
 
 
 def record_seed(base_seed: int, key: str) -> int:

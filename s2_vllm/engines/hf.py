@@ -11,13 +11,13 @@ import threading
 from typing import Any
 
 from s2_vllm.config import EngineConfig, HFConfig, SamplingConfig
-from s2_vllm.engines.base import Completion, GenerationRequest
+from s2_vllm.engines.base import Completion, Engine, GenerationRequest
 from s2_vllm.errors import EngineError, one_line
 
 _QUEUE_FACTOR = 4  # requests kept queued per batch slot, so batches can group similar lengths
 
 
-class HFEngine:
+class HFEngine(Engine):
     name = "hf"
     interruptible_step = True  # one step is a whole batch: a signal may end it early
 
@@ -46,7 +46,7 @@ class HFEngine:
         self.queue: list[GenerationRequest] = []
         self.interrupted = threading.Event()
 
-    def capacity(self) -> int:
+    def in_flight(self) -> int:
         return self.batch_size * _QUEUE_FACTOR
 
     def add(self, request: GenerationRequest) -> None:
@@ -105,7 +105,7 @@ class HFEngine:
         )
         interrupted = self.interrupted
 
-        class Interrupted(StoppingCriteria):
+        class StopWhenAborted(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
                 return torch.full((input_ids.shape[0],), interrupted.is_set(), dtype=torch.bool, device=input_ids.device)
 
@@ -114,7 +114,7 @@ class HFEngine:
             attention_mask=attention.to(self.device),
             generation_config=config,
             logits_processor=LogitsProcessorList(_processors(s, [r.seed for r in batch], width, self.device)),
-            stopping_criteria=StoppingCriteriaList([Interrupted()]),
+            stopping_criteria=StoppingCriteriaList([StopWhenAborted()]),
         )
         return [row[width:].tolist() for row in out.cpu()]
 

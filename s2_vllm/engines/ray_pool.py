@@ -7,7 +7,9 @@ outstanding per replica; a dead actor shows up as a failed call and its unfinish
 requests go to the other replicas.
 
 Ray places each actor (num_gpus = tensor_parallel_size x pipeline_parallel_size for vLLM)
-and sets its CUDA_VISIBLE_DEVICES. Ray is imported only here, and only when asked for.
+and sets its CUDA_VISIBLE_DEVICES. Where vLLM runs on its CPU build, an actor asks for its share
+of the cluster's CPUs instead, and its engine binds its threads to that share of its node's
+cores, as local replicas do. Ray is imported only here, and only when asked for.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from s2_vllm.config import Config
-from s2_vllm.engines.pool import STOP_SECONDS, PoolBase, Replica
-from s2_vllm.engines.replica import IDLE_SECONDS, QUIET_ENV, get_message, gpus_per_replica, serve
+from s2_vllm.engines.messages import Dead, Fault, FromReplica, Lost, ToReplica
+from s2_vllm.engines.pool import STOP_SECONDS, Factory, PoolBase, Replica
+from s2_vllm.engines.replica import IDLE_SECONDS, get_message, gpus_per_replica, replica_env, serve
+from s2_vllm.engines.vllm_api import is_cpu_platform
 from s2_vllm.errors import ConfigError, EngineError, one_line
 
 INSTALL_HINT = "pip install -e '.[ray]'"
@@ -36,22 +41,23 @@ def import_ray() -> Any:
 class RayReplica:
     """The actor: `serve` on a thread, fed and drained through two local queues."""
 
-    def __init__(self, config: Config, env: dict[str, str]):
-        self.inbox: queue.Queue[Any] = queue.Queue()
-        self.outbox: queue.Queue[Any] = queue.Queue()
-        self.thread = threading.Thread(target=self._serve, args=(config, env), name="s2-vllm-replica", daemon=True)
+    def __init__(self, factory: Factory, index: int, env: dict[str, str]):
+        self.inbox: queue.Queue[ToReplica] = queue.Queue()
+        self.outbox: queue.Queue[FromReplica] = queue.Queue()
+        self.thread = threading.Thread(target=self._serve, args=(factory, index, env), name="s2-vllm-replica",
+                                       daemon=True)
         self.thread.start()
 
-    def _serve(self, config: Config, env: dict[str, str]) -> None:
+    def _serve(self, factory: Factory, index: int, env: dict[str, str]) -> None:
         try:
-            serve(config, env, lambda timeout: get_message(self.inbox, timeout), self.outbox.put)
+            serve(factory, index, env, lambda timeout: get_message(self.inbox, timeout), self.outbox.put)
         except BaseException as exc:  # noqa: BLE001 - reported to the driver, which retries elsewhere
-            self.outbox.put(("dead", one_line(exc)))
+            self.outbox.put(Dead(Fault.of(exc)))
 
-    def send(self, message: Any) -> None:
+    def send(self, message: ToReplica) -> None:
         self.inbox.put(message)
 
-    def receive(self, timeout: float) -> list[Any]:
+    def receive(self, timeout: float) -> list[FromReplica]:
         messages = [get_message(self.outbox, timeout)]
         if messages[0] is None:
             return []
@@ -67,15 +73,15 @@ class RayReplica:
 class RayReplicaPool(PoolBase):
     """Replicas as Ray actors, on this machine or across a cluster."""
 
-    def __init__(self, config: Config, tokenizer: Any = None):
+    def __init__(self, config: Config, factory: Factory, notify: Callable[[str], None] | None = None):
         self.ray = import_ray()
         self._owns_ray = False
         self._connect(config.parallel.ray_address or "auto")
-        self._gpus = self._placement(config)
+        self._cpus, self._gpus = self._placement(config)
         self._actor = self.ray.remote(RayReplica)
         self._pending: dict[int, Any] = {}  # replica index -> its outstanding receive() call
         n = config.parallel.replicas
-        super().__init__(config, [{**QUIET_ENV, "VLLM_LOGGING_PREFIX": f"[replica {i}] "} for i in range(n)])
+        super().__init__(config, [replica_env(i) for i in range(n)], factory, notify)
 
     def _connect(self, address: str) -> None:
         ray = self.ray
@@ -91,28 +97,32 @@ class RayReplicaPool(PoolBase):
             raise EngineError(f"cannot connect to the Ray cluster at '{address}': {one_line(exc)}") from exc
         self._owns_ray = True
 
-    def _placement(self, config: Config) -> float:
-        """GPUs per actor; refuses a cluster too small for the replicas (they would wait forever)."""
+    def _placement(self, config: Config) -> tuple[float, float]:
+        """(CPUs, GPUs) per actor; refuses a cluster too small for the replicas (they would wait forever)."""
         resources = self.ray.cluster_resources()
-        gpus = gpus_per_replica(config)
-        if config.run.engine == "hf" and not resources.get("GPU"):
+        cpus_there, gpus_there, n = resources.get("CPU", 0), resources.get("GPU", 0), config.parallel.replicas
+        gpus, cpus = gpus_per_replica(config), 1.0
+        if config.run.engine == "hf" and not gpus_there:
             gpus = 0  # the transformers engine runs on CPU where the cluster has no GPU
-        n = config.parallel.replicas
-        if resources.get("CPU", 0) < n or resources.get("GPU", 0) < n * gpus:
-            need = f"{n} CPUs" + (f" and {n * gpus} GPUs" if gpus else "")
-            raise ConfigError(f"the Ray cluster has {resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} "
+        if config.run.engine == "vllm" and is_cpu_platform():
+            # vLLM's CPU build: an engine computes on cores, not GPUs; each actor gets an even share
+            gpus, cpus = 0, max(1.0, float(int(cpus_there // n)))
+        if cpus_there < n * cpus or gpus_there < n * gpus:
+            need = f"{n * cpus:g} CPUs" + (f" and {n * gpus} GPUs" if gpus else "")
+            raise ConfigError(f"the Ray cluster has {cpus_there:g} CPUs and {gpus_there:g} "
                               f"GPUs; {n} replicas need {need}")
-        return gpus
+        return cpus, gpus
 
-    def _launch(self, replica: Replica, config: Config) -> None:
-        actor = self._actor.options(num_cpus=1, num_gpus=self._gpus, max_concurrency=4).remote(config, replica.env)
+    def _launch(self, replica: Replica) -> None:
+        actor = self._actor.options(num_cpus=self._cpus, num_gpus=self._gpus, max_concurrency=4).remote(
+            self.factory, replica.index, replica.env)
         replica.handle = actor
         self._pending[replica.index] = actor.receive.remote(IDLE_SECONDS)
 
-    def _post(self, replica: Replica, message: Any) -> None:
+    def _post(self, replica: Replica, message: ToReplica) -> None:
         replica.handle.send.remote(message)  # a dead actor answers through its receive() call
 
-    def _collect(self, timeout: float) -> list[tuple[Replica, Any]]:
+    def _collect(self, timeout: float) -> list[tuple[Replica, FromReplica]]:
         ray = self.ray
         by_ref = {self._pending[r.index]: r for r in self._live()}
         if not by_ref:
@@ -120,13 +130,13 @@ class RayReplicaPool(PoolBase):
         ready, rest = ray.wait(list(by_ref), num_returns=1, timeout=timeout)
         if ready and rest:
             ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
-        messages: list[tuple[Replica, Any]] = []
+        messages: list[tuple[Replica, FromReplica]] = []
         for ref in ready:
             replica = by_ref[ref]
             try:
                 messages += [(replica, m) for m in ray.get(ref)]
             except ray.exceptions.RayError as exc:
-                messages.append((replica, ("lost", f"its Ray actor died: {one_line(exc)}")))
+                messages.append((replica, Lost(f"its Ray actor died: {one_line(exc)}")))
                 continue
             self._pending[replica.index] = replica.handle.receive.remote(IDLE_SECONDS)
         return messages

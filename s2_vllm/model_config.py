@@ -1,0 +1,22 @@
+"""The model's own config.json, read once per run: the prompt builder and the engine's platform settings use it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from s2_vllm.config import EngineConfig
+
+
+def read_model_config(cfg: EngineConfig) -> Any | None:
+    """transformers' config of [engine] model (a hub id or a local folder); None when it cannot be read."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except Exception:  # the engine says why when it starts; callers fall back to their defaults
+        return None
+
+
+def text_config(model_config: Any) -> Any:
+    """The language model's part of a config (multimodal configs nest it)."""
+    return getattr(model_config, "text_config", None) or model_config
