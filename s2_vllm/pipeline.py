@@ -112,7 +112,9 @@ def _generate(config: Config, setup: EngineSetup, options: RunOptions, store: Ch
         echo(f"engine log: {log_path} (--show-engine-log shows it here)")
     watchdog = Watchdog(store.files.engine_pids)
     try:
-        with EngineLog(log_path, live=options.show_engine_log):
+        # Rendering and tokenizing start before the engine does: the first prompts are ready when it is, and
+        # their tokenizing does not take CPU from the model while it generates (it would, on vLLM's CPU build).
+        with EngineLog(log_path, live=options.show_engine_log), prefetched(iter_prompts(builder, pending)) as prompts:
             try:
                 engine = given if given is not None else create_engine(
                     config, builder.tokenizer, kwargs=setup.kwargs, platforms=platforms, notify=say_above_bar)
@@ -127,8 +129,7 @@ def _generate(config: Config, setup: EngineSetup, options: RunOptions, store: Ch
                 runner = Runner(engine, store, stats, seed=config.sampling.seed,
                                 thinking=config.prompt.enable_thinking, in_flight=config.run.in_flight,
                                 progress=progress, postprocess=postprocess)
-                with prefetched(iter_prompts(builder, pending)) as prompts:
-                    runner.run(prompts)
+                runner.run(prompts)
             except EngineError as exc:
                 raise EngineError(f"{exc}{_see_log(options)}") from exc
             finally:

@@ -45,8 +45,9 @@ def write_dataset(folder: Path, n: int) -> tuple[Path, Path]:
     return a, s
 
 
-def cli(*args: str, **kw) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def cli(*args: str, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
+    """`python -m s2_vllm ARGS` with this environment plus `env`."""
+    env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "s2_vllm", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, **kw)
 
