@@ -120,7 +120,7 @@ def wait_until(condition, process: subprocess.Popen, timeout: float = 180.0) -> 
 
 
 @pytest.mark.slow
-def test_twenty_random_interruptions_lose_nothing_and_mix_nothing(tiny_model, inputs, tmp_path):
+def test_twelve_random_interruptions_lose_nothing_and_mix_nothing(tiny_model, inputs, tmp_path):
     started = time.monotonic()
     clean, out = tmp_path / "clean.jsonl", tmp_path / "fuzz.jsonl"
     # The reference nobody interrupts, batch size 1, on the other core while the fuzz runs.
@@ -128,7 +128,7 @@ def test_twenty_random_interruptions_lose_nothing_and_mix_nothing(tiny_model, in
     args = run_args(tiny_model, inputs, out, "--batch-size", "4")
 
     rng = random.Random(FUZZ_SEED)
-    plan = [signal.SIGKILL] * 7 + [signal.SIGTERM] * 7 + [signal.SIGINT] * 6
+    plan = [signal.SIGKILL] * 4 + [signal.SIGTERM] * 4 + [signal.SIGINT] * 4
     rng.shuffle(plan)
     kept: dict[str, bytes] = {}  # every whole line seen so far: it must stay, byte for byte
     tail = b""  # a torn last line left by SIGKILL
@@ -191,7 +191,7 @@ def test_twenty_random_interruptions_lose_nothing_and_mix_nothing(tiny_model, in
     fuzzed, reference_rows = rows_by_id(out), rows_by_id(clean)
     assert set(reference_rows) == {f"fz_{k:04d}" for k in range(FUZZ_RECORDS)}
     assert fuzzed.keys() == reference_rows.keys()  # every joined id, exactly once
-    assert fuzzed == reference_rows  # batch size 4 + 20 interruptions == batch size 1, uninterrupted
+    assert fuzzed == reference_rows  # batch size 4 + 12 interruptions == batch size 1, uninterrupted
     fingerprints = [orjson.loads(Path(f"{p}.manifest.json").read_bytes())["fingerprint"] for p in (out, clean)]
     assert fingerprints[0] == fingerprints[1]  # one configuration (batch size is not part of it)
     assert manifest is None or Path(f"{out}.manifest.json").read_bytes() == manifest

@@ -14,12 +14,13 @@ import pytest
 
 from s2_vllm.config import EngineConfig, SamplingConfig, load_config
 from s2_vllm.engines.vllm import VLLMEngine
+from s2_vllm.labels import extract_labels
 from s2_vllm.pipeline import RunOptions, run
 from s2_vllm.progress import RunStats
 from s2_vllm.prompts import Prompt
 from s2_vllm.runner import Runner
 from s2_vllm.tiny import build_tiny_model_for_tokenizer, demo_paths
-from vllm_helpers import cli, rows
+from vllm_helpers import rows
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -95,21 +96,13 @@ def test_runs_through_the_pipeline_and_labels_on_the_shared_engine(engine, tiny_
     # The engine was the caller's: it is still usable.
     assert engine.in_flight() == 16 and not engine.has_unfinished()
 
-    labels = tmp_path / "labels.jsonl"
-    process = cli("extract-labels", str(fused), "--model", str(tiny_model), "-o", str(labels), "--max-tokens", "16",
-                  "--no-progress", "--config", str(_eager_config(tmp_path)))
-    stdout, stderr = process.communicate(timeout=900)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    labels = tmp_path / "labels.jsonl"  # the label pass on the same engine (the CLI's is tested on hf)
+    summary = extract_labels(config, RunOptions(labels, progress=False), [fused], lambda line: None, engine=engine)
+    assert summary["interrupted"] is False
     label_rows = rows(labels)
     assert len(label_rows) == sum(r["status"] == "ok" for r in got)
     assert all(isinstance(r["labels"], list) for r in label_rows if r["status"] == "ok")
     assert all(r["labels"] is None for r in label_rows if r["status"] != "ok")
-
-
-def _eager_config(tmp_path: Path) -> Path:
-    path = tmp_path / "eager.toml"
-    path.write_text(f"[engine]\nenforce_eager = true\nmax_model_len = {MAX_LEN}\n")
-    return path
 
 
 def test_prefix_caching_on_and_off_give_the_same_greedy_rows(engine, tiny_model, tmp_path):
