@@ -396,3 +396,23 @@ def test_a_request_the_replica_engine_refuses_comes_back_as_an_error(tiny_model,
     assert isinstance(sent[0], Ready)
     assert [m for m in sent[1:] if not isinstance(m, Tokens)] == [
         Done([Completion("empty", "", "error", 0, 0, "engine refused the request: empty prompt")])]
+
+
+def test_ray_replicas_on_vllms_cpu_build_ask_for_cpus_not_gpus(monkeypatch):
+    from types import SimpleNamespace
+
+    from s2_vllm.engines import ray_pool
+
+    pool = ray_pool.RayReplicaPool.__new__(ray_pool.RayReplicaPool)  # placement only: no cluster, no actors
+    pool.ray = SimpleNamespace(cluster_resources=lambda: {"CPU": 8.0})
+    monkeypatch.setattr(ray_pool, "is_cpu_platform", lambda: True)
+    c = Config()
+    c.parallel.replicas = 2
+    assert pool._placement(c) == (4.0, 0)  # an even share of the cluster's CPUs each, no GPU
+    c.parallel.replicas = 16
+    with pytest.raises(ConfigError, match=r"^the Ray cluster has 8 CPUs and 0 GPUs; 16 replicas need 16 CPUs$"):
+        pool._placement(c)
+    monkeypatch.setattr(ray_pool, "is_cpu_platform", lambda: False)  # the CUDA build: GPUs, as before
+    c.parallel.replicas = 2
+    with pytest.raises(ConfigError, match=r"^the Ray cluster has 8 CPUs and 0 GPUs; 2 replicas need 2 CPUs and 2 GPUs$"):
+        pool._placement(c)
