@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
@@ -25,6 +26,7 @@ from s2_vllm.signals import Interrupted
 from s2_vllm.stage import FUSION, Stage, select
 
 T = TypeVar("T")
+RENDER_AHEAD = 4096  # prompts rendered ahead of the engine: before it starts, then on a helper thread
 Echo = Callable[[str], None]
 Postprocess = Callable[[Row], Row]
 
@@ -112,9 +114,12 @@ def _generate(config: Config, setup: EngineSetup, options: RunOptions, store: Ch
         echo(f"engine log: {log_path} (--show-engine-log shows it here)")
     watchdog = Watchdog(store.files.engine_pids)
     try:
-        # Rendering and tokenizing start before the engine does: the first prompts are ready when it is, and
-        # their tokenizing does not take CPU from the model while it generates (it would, on vLLM's CPU build).
-        with EngineLog(log_path, live=options.show_engine_log), prefetched(iter_prompts(builder, pending)) as prompts:
+        with EngineLog(log_path, live=options.show_engine_log):
+            # The first prompts are rendered and tokenized before the engine starts, in this thread: they are
+            # ready when it is, their tokenizing takes no CPU from the model while it generates (it would, on
+            # vLLM's CPU build), and no thread of ours runs while vLLM forks its engine process.
+            rendered = iter_prompts(builder, pending)
+            head = list(itertools.islice(rendered, RENDER_AHEAD))
             try:
                 engine = given if given is not None else create_engine(
                     config, builder.tokenizer, kwargs=setup.kwargs, platforms=platforms, notify=say_above_bar)
@@ -122,14 +127,15 @@ def _generate(config: Config, setup: EngineSetup, options: RunOptions, store: Ch
                 raise EngineError(f"{exc}{_see_log(options)}") from exc
             stats.engine_ready = time.monotonic()
             stats.details = engine.summary_details  # a replica pool adds per-replica numbers
-            for note in engine.notes():
-                say_above_bar(note)
             progress = ProgressBar(stats, enabled=options.progress, file=console())
             try:
+                for note in engine.notes():
+                    say_above_bar(note)
                 runner = Runner(engine, store, stats, seed=config.sampling.seed,
                                 thinking=config.prompt.enable_thinking, in_flight=config.run.in_flight,
                                 progress=progress, postprocess=postprocess)
-                runner.run(prompts)
+                with prefetched(rendered, depth=RENDER_AHEAD) as rest:
+                    runner.run(itertools.chain(head, rest))
             except EngineError as exc:
                 raise EngineError(f"{exc}{_see_log(options)}") from exc
             finally:
@@ -153,7 +159,7 @@ class prefetched:
 
     _END = object()
 
-    def __init__(self, items: Iterable[T], depth: int = 4096):
+    def __init__(self, items: Iterable[T], depth: int = RENDER_AHEAD):
         self.items = items
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self.stop = threading.Event()

@@ -76,10 +76,11 @@ class Runner:
                             self.sink.write_summary(self.stats.summary(self.engine.name))
             except signals.Interrupted:
                 pass  # raised inside an interruptible step: that step's results are dropped
-            self.stats.finished = time.monotonic()  # throughput ends here, not after the engine's shutdown
-            if stop.requested.is_set():
-                self.stats.interrupted = True
-                self._abort()
+            with stop.polled():  # a second Ctrl-C must not cut the abort short
+                self.stats.finished = time.monotonic()  # throughput ends here, not after the engine's shutdown
+                if stop.requested.is_set():
+                    self.stats.interrupted = True
+                    self._abort()
         return self.stats
 
     def _fill(self, source: Iterator[Prompt], stopping: Any) -> bool:

@@ -78,11 +78,13 @@ def handled() -> Iterator[StopHandler]:
     if threading.current_thread() is not threading.main_thread():
         yield handler
         return
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous: dict[int, Any] = {}
     _installed.append(handler)
     try:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            previous[s] = signal.signal(s, handler)
         yield handler
     finally:
-        _installed.remove(handler)
         for s, h in previous.items():
             signal.signal(s, h)
+        _installed.remove(handler)

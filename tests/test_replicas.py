@@ -404,15 +404,20 @@ def test_ray_replicas_on_vllms_cpu_build_ask_for_cpus_not_gpus(monkeypatch):
     from s2_vllm.engines import ray_pool
 
     pool = ray_pool.RayReplicaPool.__new__(ray_pool.RayReplicaPool)  # placement only: no cluster, no actors
-    pool.ray = SimpleNamespace(cluster_resources=lambda: {"CPU": 8.0})
+    nodes = [{"Alive": True, "Resources": {"CPU": 8.0}}]
+    pool.ray = SimpleNamespace(cluster_resources=lambda: {"CPU": sum(n["Resources"]["CPU"] for n in nodes)},
+                               nodes=lambda: nodes)
     monkeypatch.setattr(ray_pool, "is_cpu_platform", lambda: True)
     c = Config()
     c.parallel.replicas = 2
     assert pool._placement(c) == (4.0, 0)  # an even share of the cluster's CPUs each, no GPU
+    nodes.append({"Alive": True, "Resources": {"CPU": 4.0}})
+    c.parallel.replicas = 1
+    assert pool._placement(c) == (4.0, 0)  # never more than the smallest node has: Ray could not place it
     c.parallel.replicas = 16
-    with pytest.raises(ConfigError, match=r"^the Ray cluster has 8 CPUs and 0 GPUs; 16 replicas need 16 CPUs$"):
+    with pytest.raises(ConfigError, match=r"^the Ray cluster has 12 CPUs and 0 GPUs; 16 replicas need 16 CPUs$"):
         pool._placement(c)
     monkeypatch.setattr(ray_pool, "is_cpu_platform", lambda: False)  # the CUDA build: GPUs, as before
     c.parallel.replicas = 2
-    with pytest.raises(ConfigError, match=r"^the Ray cluster has 8 CPUs and 0 GPUs; 2 replicas need 2 CPUs and 2 GPUs$"):
+    with pytest.raises(ConfigError, match=r"^the Ray cluster has 12 CPUs and 0 GPUs; 2 replicas need 2 CPUs and 2 GPUs$"):
         pool._placement(c)

@@ -160,3 +160,19 @@ def test_progress_counts_the_tokens_of_unfinished_requests():
     bar.tick(lambda: 40)  # within REFRESH_SECONDS: not shown again
     assert shown == ["13.0 out tok/s"]
     bar.close()
+
+
+def test_a_second_signal_during_the_abort_does_not_cut_it_short():
+    def kill_on_third_step(engine):
+        if engine.steps == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    class Impatient(ShuffledEngine):
+        def abort(self):
+            os.kill(os.getpid(), signal.SIGTERM)  # Ctrl-C, then `kill` while the abort runs
+            super().abort()
+
+    engine, sink = Impatient(capacity=4, on_step=kill_on_third_step), ListSink()
+    stats = Runner(engine, sink, RunStats(total=20, resumed=0), seed=0, thinking=False).run(prompts(20))
+    assert stats.interrupted and engine.aborted and stats.finished is not None
+    assert len(sink.rows) == 6

@@ -90,3 +90,12 @@ def test_no_module_but_the_adapter_reaches_into_vllm_internals():
                                                                     "outputs_queue", "scheduler_config"):
                 offenders.append(f"{path.name}:{node.lineno}: .{node.attr}")
     assert offenders == []
+
+
+def test_an_engine_core_in_this_process_has_no_process_to_watch():
+    """VLLM_ENABLE_V1_MULTIPROCESSING=0: the core client holds the EngineCore itself; nothing is off."""
+    inproc = SimpleNamespace(engine_core=object(), shutdown=lambda: None)
+    engine = SimpleNamespace(output_processor=SimpleNamespace(request_states={}), engine_core=inproc,
+                             vllm_config=SimpleNamespace(scheduler_config=SimpleNamespace(max_num_seqs=4)))
+    internals = vllm_api.Internals(engine, problems={})
+    assert internals.missing == {} and not internals.core_dead()

@@ -105,8 +105,11 @@ class RayReplicaPool(PoolBase):
         if config.run.engine == "hf" and not gpus_there:
             gpus = 0  # the transformers engine runs on CPU where the cluster has no GPU
         if config.run.engine == "vllm" and is_cpu_platform():
-            # vLLM's CPU build: an engine computes on cores, not GPUs; each actor gets an even share
-            gpus, cpus = 0, max(1.0, float(int(cpus_there // n)))
+            # vLLM's CPU build: an engine computes on cores, not GPUs; each actor gets an even share, at most
+            # the smallest node's CPUs (an actor asking for more than any node has would wait forever)
+            nodes = [node.get("Resources", {}).get("CPU", 0) for node in self.ray.nodes() if node.get("Alive")]
+            smallest = min((c for c in nodes if c), default=cpus_there)
+            gpus, cpus = 0, max(1.0, float(int(min(cpus_there // n, smallest))))
         if cpus_there < n * cpus or gpus_there < n * gpus:
             need = f"{n * cpus:g} CPUs" + (f" and {n * gpus} GPUs" if gpus else "")
             raise ConfigError(f"the Ray cluster has {cpus_there:g} CPUs and {gpus_there:g} "

@@ -181,7 +181,7 @@ def final_only() -> dict[str, Any]:
 
 
 def is_cpu_platform() -> bool:
-    """True when the installed vLLM is its CPU build (or finds no GPU to run on)."""
+    """True when the installed vLLM is its CPU build."""
     return platform_kind() == "cpu"
 
 
@@ -220,9 +220,11 @@ class Internals:
             self.missing.setdefault(TOKENS.name, "this engine has no output_processor.request_states")
         self._resources = getattr(core, "resources", None)
         self._outputs = getattr(core, "outputs_queue", None)
+        in_process = getattr(core, "engine_core", None) is not None  # VLLM_ENABLE_V1_MULTIPROCESSING=0: no process to die
         if not (hasattr(self._resources, "engine_dead") and hasattr(self._outputs, "put_nowait")):
             self._resources = self._outputs = None
-            self.missing.setdefault(DEATH.name, "this engine's core client has no resources.engine_dead/outputs_queue")
+            if not in_process:
+                self.missing.setdefault(DEATH.name, "this engine's core client has no resources.engine_dead/outputs_queue")
         self._core = core if callable(getattr(core, "shutdown", None)) else None
         if self._core is None:
             self.missing.setdefault(SHUTDOWN.name, "this engine has no engine_core.shutdown()")
