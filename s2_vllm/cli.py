@@ -121,6 +121,38 @@ def render(output: str, force: bool, limit: int | None, shard: str | None, **par
 
 
 @cli.command()
+@click.argument("clips", nargs=-1, type=click.Path())
+@click.option("--manifest", type=click.Path(dir_okay=False),
+              help="CSV / JSON / JSONL listing the clips: an id and a path (relative to the manifest) per entry.")
+@click.option("--id-key", default="file_id", show_default=True, help="The manifest's id column or field.")
+@click.option("--path-key", default="path", show_default=True, help="The manifest's path column or field.")
+@flags.use("config_path", "subtitles", *flags.PROMPT, "on_duplicate", "limit", "shard", *flags.AUDIO)
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Checkpoint JSONL. [default: audio_descriptions.jsonl]")
+@flags.use(*[f for f in flags.GENERATE if f not in ("engine", "batch_size")], *flags.CHECKPOINT)
+def describe(clips: tuple[str, ...], manifest: str | None, id_key: str, path_key: str, output: str | None,
+             **params: Any) -> None:
+    """Describe the emotional cues in each audio clip (S2 step 1) into a resumable JSONL checkpoint.
+
+    CLIPS are audio or video files, or folders searched recursively for them; a clip's id is its
+    file name without the extension. The default model is Qwen/Qwen2.5-Omni-7B (its thinker, on
+    vLLM); the checkpoint feeds step 2 directly: s2-vllm run --audio audio_descriptions.jsonl.
+
+    \b
+    Examples:
+        s2-vllm describe clips/ -o audio_descriptions.jsonl
+        s2-vllm describe --manifest clips.csv --id-key name --path-key file
+        s2-vllm describe clips/ --subtitles dataset.json --config configs/qwen2.5-omni-3b.toml
+        s2-vllm run --audio audio_descriptions.jsonl --subtitles dataset.json
+    """
+    from s2_vllm.describe import DEFAULT_OUTPUT, ClipInputs, describe as run_stage
+
+    inputs = ClipInputs(tuple(clips), manifest, id_key, path_key, params.pop("subtitles"))
+    config = flags.config_from(params)
+    run_stage(config, _run_options(output, DEFAULT_OUTPUT, params), inputs, click.echo)
+
+
+@cli.command()
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path())
 def status(checkpoints: tuple[str, ...]) -> None:
     """Rows by status, what remains, the config fingerprint and the throughput so far.
@@ -140,7 +172,8 @@ def status(checkpoints: tuple[str, ...]) -> None:
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="File to write.")
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="json", show_default=True,
-              help="json: the tutorial's list of {file_id, final_description}.")
+              help="json: the tutorial's list of {file_id, final_description} ({file_id, generated_text} for a "
+                   "describe checkpoint, step 2's input).")
 @click.option("--include-failed", is_flag=True, help="json: also rows cut at max_tokens (status length).")
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 def export(checkpoints: tuple[str, ...], output: str, fmt: str, include_failed: bool, force: bool) -> None:
@@ -152,13 +185,15 @@ def export(checkpoints: tuple[str, ...], output: str, fmt: str, include_failed: 
         s2-vllm export out.jsonl --format csv -o out.csv
     """
     from s2_vllm.checkpoint import merge_rows
-    from s2_vllm.export import export as export_rows
+    from s2_vllm.export import export as export_rows, text_key_of
 
-    rows, info = merge_rows(expand(checkpoints))
+    paths = expand(checkpoints)
+    rows, info = merge_rows(paths)
     if info.get("duplicates"):
         click.echo(f"warning: {info['duplicates']} ids appear in more than one checkpoint; the last row is kept",
                    err=True)
-    count = export_rows(rows, Path(output), fmt, force=force, include_failed=include_failed)
+    count = export_rows(rows, Path(output), fmt, force=force, include_failed=include_failed,
+                        text_key=text_key_of(paths))
     click.echo(f"wrote {count} records to {output}")
 
 

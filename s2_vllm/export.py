@@ -19,12 +19,22 @@ from s2_vllm.errors import CheckpointError, UserError
 FORMATS = ("json", "jsonl", "csv")
 
 
-def _write_json(rows: Iterable[Row], f: IO[bytes], statuses: tuple[str, ...]) -> int:
-    """A JSON list of {file_id, final_description}, the same bytes as json.dumps(indent=2, ensure_ascii=False)."""
+def text_key_of(checkpoints: list[Path]) -> str:
+    """The JSON export's text field: `generated_text` for describe checkpoints (step 2 reads it), else
+    `final_description` (the tutorial's output)."""
+    from s2_vllm.checkpoint import read_manifest
+    from s2_vllm.config.fingerprint import stage_of
+
+    stage = stage_of((read_manifest(checkpoints[0]) or {}).get("fingerprint")) if checkpoints else None
+    return "generated_text" if stage == "describe" else "final_description"
+
+
+def _write_json(rows: Iterable[Row], f: IO[bytes], statuses: tuple[str, ...], text_key: str) -> int:
+    """A JSON list of {file_id, text_key}, the same bytes as json.dumps(indent=2, ensure_ascii=False)."""
     n = 0
     for row in rows:
         if row.status in statuses:
-            item = orjson.dumps({"file_id": row.file_id, "final_description": row.final_description},
+            item = orjson.dumps({"file_id": row.file_id, text_key: row.final_description},
                                option=orjson.OPT_INDENT_2)
             f.write((b",\n  " if n else b"[\n  ") + item.replace(b"\n", b"\n  "))  # newlines in text are escaped
             n += 1
@@ -59,7 +69,8 @@ def _write_csv(rows: Iterable[Row], f: IO[bytes]) -> int:
     return n
 
 
-def export(rows: Iterable[Row], out: Path, fmt: str, *, force: bool = False, include_failed: bool = False) -> int:
+def export(rows: Iterable[Row], out: Path, fmt: str, *, force: bool = False, include_failed: bool = False,
+           text_key: str = "final_description") -> int:
     """Write `rows` to `out` atomically in checkpoint order; returns how many were written.
 
     json: the tutorial's list of {file_id, final_description}, status "ok" rows only
@@ -78,7 +89,7 @@ def export(rows: Iterable[Row], out: Path, fmt: str, *, force: bool = False, inc
     def write(f: IO[bytes]) -> None:
         nonlocal count
         if fmt == "json":
-            count = _write_json(rows, f, statuses)
+            count = _write_json(rows, f, statuses, text_key)
         else:
             count = (_write_jsonl if fmt == "jsonl" else _write_csv)(rows, f)
 

@@ -1,4 +1,4 @@
-"""The flags `run`, `render` and `extract-labels` share: one table, one name, help and config key each.
+"""The flags `run`, `render`, `extract-labels` and `describe` share: one table, one name, help and config key each.
 
 A flag with a `key` sets that config key. Its click type comes from the schema: a choice key is a
 `click.Choice` (so `--help` lists the choices and click refuses others, as it always has); ranges
@@ -75,6 +75,10 @@ FLAGS: dict[str, Flag] = {f.dest: f for f in [
     Flag(("--replicas",), "Engine replicas (data parallel), each with tensor x pipeline parallel GPUs.",
          "parallel.replicas"),
     Flag(("--ray-address",), "Run the replicas as Ray actors: auto, HOST:PORT, or local.", "parallel.ray_address"),
+    Flag(("--max-seconds",), "Longest clip the model takes; longer ones are cut (or refused, --too-long error).",
+         "audio.max_seconds"),
+    Flag(("--decode-workers",), "Threads decoding clips ahead of the engine.", "audio.decode_workers"),
+    Flag(("--decode-ahead",), "Most decoded clips waiting for the engine.", "audio.decode_ahead"),
     Flag(("--overwrite",), "Start over when the checkpoint has another config (keeps a backup).",
          extra={"is_flag": True}),
     Flag(("--retry-failed",), "Run again the records whose row is error or length.", extra={"is_flag": True}),
@@ -88,6 +92,7 @@ SOURCES = ("audio", "subtitles", "extra_sources")
 PROMPT = ("model", "tokenizer", "max_model_len", "max_tokens", "enable_thinking", "too_long")
 GENERATE = ("engine", "temperature", "top_p", "top_k", "seed", "batch_size", "in_flight", "replicas", "ray_address")
 CHECKPOINT = ("overwrite", "retry_failed", "repair", "no_progress", "show_engine_log")
+AUDIO = ("max_seconds", "decode_workers", "decode_ahead")
 
 
 def use(*names: str, **defaults: Any) -> Callable[[Any], Any]:

@@ -18,5 +18,13 @@ def read_model_config(cfg: EngineConfig) -> Any | None:
 
 
 def text_config(model_config: Any) -> Any:
-    """The language model's part of a config (multimodal configs nest it)."""
-    return getattr(model_config, "text_config", None) or model_config
+    """The language model's part of a config (multimodal configs nest it; Qwen2.5-Omni one level deeper, in
+    its thinker)."""
+    outer = getattr(model_config, "thinker_config", None) or model_config
+    return getattr(outer, "text_config", None) or outer
+
+
+def audio_capable(model_config: Any) -> bool:
+    """Whether the model has an audio encoder (Qwen2.5-Omni's thinker, Qwen2-Audio, Qwen3-Omni, …)."""
+    outer = getattr(model_config, "thinker_config", None) or model_config
+    return getattr(outer, "audio_config", None) is not None

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from s2_vllm.checkpoint import CheckpointStore, Row, SideFiles
+from s2_vllm.checkpoint import CheckpointStore, SideFiles
 from s2_vllm.config import Config
 from s2_vllm.engine_log import EngineLog, console
 from s2_vllm.engines import Engine, check_engine_config, create_engine, platform_settings
@@ -28,7 +28,6 @@ from s2_vllm.stage import FUSION, Stage, select
 T = TypeVar("T")
 RENDER_AHEAD = 4096  # prompts rendered ahead of the engine: before it starts, then on a helper thread
 Echo = Callable[[str], None]
-Postprocess = Callable[[Row], Row]
 
 
 @dataclass
@@ -65,7 +64,8 @@ def run(config: Config, options: RunOptions, echo: Echo, *, stage: Stage = FUSIO
     records = select(stage.read(config, echo), options.shard, options.limit, echo)
     tokenizer = load_tokenizer(config)
     model_config = read_model_config(config.engine)
-    builder = PromptBuilder(config, tokenizer, resolve_max_model_len(config, model_config))
+    builder = PromptBuilder(config, tokenizer, resolve_max_model_len(config, model_config),
+                            audio_tokens=stage.audio_tokens)
     setup = EngineSetup(kwargs, model_config)
     chat_template = str(getattr(tokenizer, "chat_template", None) or "")
     with CheckpointStore(options.output) as store:
@@ -88,7 +88,7 @@ def run(config: Config, options: RunOptions, echo: Echo, *, stage: Stage = FUSIO
         if stats.resumed:
             echo(f"resuming {options.output}: {stats.resumed} of {len(records)} records already done")
         if pending:
-            _generate(config, setup, options, store, builder, pending, stats, stage.postprocess, echo, engine)
+            _generate(config, setup, options, store, builder, pending, stats, stage, echo, engine)
         summary = stats.summary(config.run.engine)
         store.write_summary(summary)
     for line in summary_lines(summary):
@@ -100,7 +100,7 @@ def run(config: Config, options: RunOptions, echo: Echo, *, stage: Stage = FUSIO
 
 
 def _generate(config: Config, setup: EngineSetup, options: RunOptions, store: CheckpointStore,
-              builder: PromptBuilder, pending: list[Record], stats: RunStats, postprocess: Postprocess | None,
+              builder: PromptBuilder, pending: list[Record], stats: RunStats, stage: Stage,
               echo: Echo, given: Engine | None = None) -> None:
     store.write_summary(stats.summary(config.run.engine))
     # The checkpoint's lock is ours, so an engine on this list belongs to a run that is gone.
@@ -133,9 +133,10 @@ def _generate(config: Config, setup: EngineSetup, options: RunOptions, store: Ch
                     say_above_bar(note)
                 runner = Runner(engine, store, stats, seed=config.sampling.seed,
                                 thinking=config.prompt.enable_thinking, in_flight=config.run.in_flight,
-                                progress=progress, postprocess=postprocess)
+                                progress=progress, postprocess=stage.postprocess)
                 with prefetched(rendered, depth=RENDER_AHEAD) as rest:
-                    runner.run(itertools.chain(head, rest))
+                    prompts = itertools.chain(head, rest)
+                    runner.run(stage.feed(prompts) if stage.feed is not None else prompts)
             except EngineError as exc:
                 raise EngineError(f"{exc}{_see_log(options)}") from exc
             finally:

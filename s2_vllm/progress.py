@@ -71,7 +71,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"{summary['output_tokens_per_second']:.1f} output tok/s, {summary['records_per_second']:.2f} records/s",
     ]
     if summary.get("truncated"):
-        lines.append(f"truncated: {plural(summary['truncated'], 'prompt')} had a clue text cut to fit the context")
+        lines.append(f"truncated: {plural(summary['truncated'], 'prompt')} had a clue text or clip cut to fit the model")
     failed = summary["statuses"].get("error", 0) + summary["statuses"].get("length", 0)
     if failed:
         lines.append(f"{plural(failed, 'record')} failed or stopped at max_tokens: `s2-vllm status` counts them, "

@@ -18,6 +18,7 @@ from s2_vllm.records import Record
 from s2_vllm.template import PromptTemplate
 
 _MARK = "\x00S2_VLLM_USER_CONTENT\x00"
+AUDIO_TOKEN = "<|AUDIO|>"  # Qwen2-Audio's and Qwen2.5-Omni's, when the tokenizer does not name its own
 _TRUNCATE_ROUNDS = 4
 
 
@@ -29,6 +30,8 @@ class Prompt:
     truncated: tuple[str, ...] = ()
     skip_reason: str | None = None
     error: str | None = None
+    clip: str | None = None  # describe: the clip's path, decoded into `audio` ahead of the engine
+    audio: tuple[Any, int] | None = None
 
     @property
     def sha(self) -> str | None:
@@ -42,9 +45,19 @@ def load_tokenizer(config: Config) -> Any:
     e = config.engine
     name = e.tokenizer or e.model
     try:
-        return AutoTokenizer.from_pretrained(name, revision=e.revision, trust_remote_code=e.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=e.revision, trust_remote_code=e.trust_remote_code)
     except Exception as exc:  # transformers raises OSError, ValueError, HF hub errors…
         raise ConfigError(f"cannot load the tokenizer '{name}': {one_line(exc)}") from exc
+    if getattr(tokenizer, "chat_template", None) is None:
+        # Some multimodal models (Qwen2.5-Omni among them) keep the chat template with their processor.
+        try:
+            from transformers import AutoProcessor
+
+            processor = AutoProcessor.from_pretrained(name, revision=e.revision, trust_remote_code=e.trust_remote_code)
+            tokenizer.chat_template = getattr(processor, "chat_template", None)
+        except Exception:
+            pass  # PromptBuilder says the template is missing
+    return tokenizer
 
 
 def resolve_max_model_len(config: Config, model_config: Any | None = None) -> int | None:
@@ -56,11 +69,17 @@ def resolve_max_model_len(config: Config, model_config: Any | None = None) -> in
         from s2_vllm.model_config import read_model_config
 
         model_config = read_model_config(config.engine)
-    return getattr(model_config, "max_position_embeddings", None)
+    from s2_vllm.model_config import text_config
+
+    return getattr(text_config(model_config), "max_position_embeddings", None) if model_config is not None else None
 
 
 class PromptBuilder:
-    def __init__(self, config: Config, tokenizer: Any, max_model_len: int | None):
+    """`audio_tokens`: the most tokens a clip can take in the context (describe), kept out of the text's budget;
+    the user message then holds an audio part before the text, which the chat template renders as the model's
+    audio placeholder."""
+
+    def __init__(self, config: Config, tokenizer: Any, max_model_len: int | None, *, audio_tokens: int = 0):
         self.tokenizer = tokenizer
         self.template: PromptTemplate = config.template()
         self.sources: list[SourceSpec] = config.sources
@@ -72,13 +91,29 @@ class PromptBuilder:
             raise ConfigError(
                 f"sampling.max_tokens ({max_tokens}) leaves no room for a prompt in max_model_len ({max_model_len})"
             )
-        self.budget = None if max_model_len is None else max_model_len - max_tokens
+        self.audio = audio_tokens > 0
+        if max_model_len is not None and max_tokens + audio_tokens >= max_model_len:
+            raise ConfigError(f"max_model_len ({max_model_len}) leaves no room for the prompt's text beside "
+                              f"sampling.max_tokens ({max_tokens}) and a clip of up to {audio_tokens} tokens")
+        self.budget = None if max_model_len is None else max_model_len - max_tokens - audio_tokens
         if getattr(tokenizer, "chat_template", None) is None:
             raise ConfigError("the tokenizer has no chat template; use an instruct/chat model")
+        if self.audio:
+            self._check_audio_placeholder()
         self.prefix, self.suffix = self._split_chat_template()
 
+    def _check_audio_placeholder(self) -> None:
+        token = getattr(self.tokenizer, "audio_token", None) or AUDIO_TOKEN
+        found = self.chat("x").count(token)
+        if found != 1:
+            raise ConfigError(f"the chat template renders {found} audio placeholders ({token}) for a message with "
+                              "one clip; describe needs an audio model's tokenizer and template")
+
     def chat(self, content: str) -> str:
-        messages = [{"role": "user", "content": content}]
+        user: Any = content
+        if self.audio:  # the "audio" key is what Qwen2-Audio's template looks for, "type" what Qwen2.5-Omni's does
+            user = [{"type": "audio", "audio": "clip"}, {"type": "text", "text": content}]
+        messages = [{"role": "user", "content": user}]
         if self.system:
             messages.insert(0, {"role": "system", "content": self.system})
         return self.tokenizer.apply_chat_template(
@@ -117,7 +152,7 @@ class PromptBuilder:
             if self.budget is not None and len(ids) > self.budget:
                 prompts.append(self._fit(record, len(ids)))
             else:
-                prompts.append(Prompt(record.file_id, text, ids))
+                prompts.append(Prompt(record.file_id, text, ids, clip=record.clip))
         return prompts
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
@@ -141,11 +176,11 @@ class PromptBuilder:
             texts[name] = self.tokenizer.decode(pieces[:keep])
             if name not in cut:
                 cut.append(name)
-            text = self.chat_text(Record(record.file_id, texts))
+            text = self.chat_text(Record(record.file_id, texts, clip=record.clip))
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             length = len(ids)
             if length <= self.budget:
-                return Prompt(record.file_id, text, list(ids), truncated=tuple(cut))
+                return Prompt(record.file_id, text, list(ids), truncated=tuple(cut), clip=record.clip)
         return Prompt(
             record.file_id, None, None, error=f"prompt still has {length} tokens after truncation; the limit is {self.budget}"
         )

@@ -36,6 +36,7 @@ class Record:
     file_id: str  # ids are compared and stored as strings ("12" == 12)
     texts: dict[str, str]  # source name -> text ("" when missing/null/whitespace-only)
     skip_reason: str | None = None  # e.g. "empty text in subtitle": not sent to the model
+    clip: str | None = None  # describe: the path of the record's audio clip
 
 
 @dataclass
@@ -215,10 +216,33 @@ def load_source(spec: SourceSpec) -> list[tuple[str, str | None]]:
 def _open_source(spec: SourceSpec) -> _Rows:
     if not spec.path:
         raise InputError(f"no file given for source '{spec.name}'")
-    table = _read(Path(spec.path), spec.format)
+    table = _describe_rows(spec) or _read(Path(spec.path), spec.format)
     if not table.rows:
         raise InputError(f"{spec.path} has no rows")
     return table
+
+
+def _describe_rows(spec: SourceSpec) -> _Rows | None:
+    """A `describe` checkpoint given as a source (a glob for its shards): its `ok` rows, the description as the
+    source's text. None when the path is not one."""
+    import glob
+
+    from s2_vllm.checkpoint import check_one_run, merge_rows, read_manifest
+    from s2_vllm.config.fingerprint import stage_of
+
+    assert spec.path is not None
+    pattern = spec.path
+    paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) and not Path(pattern).exists() else [pattern]
+    if not paths:
+        raise InputError(f"no file matches {pattern}")
+    if not all(stage_of((read_manifest(p) or {}).get("fingerprint")) == "describe" for p in paths):
+        if len(paths) > 1:
+            raise InputError(f"{pattern} matches {len(paths)} files; only `s2-vllm describe` shards are merged")
+        return None
+    check_one_run([Path(p) for p in paths])
+    rows, _ = merge_rows([Path(p) for p in paths])
+    ok = [{spec.id_key: row.file_id, spec.text_key: row.final_description} for row in rows if row.status == "ok"]
+    return _Rows(ok, lambda i: f"ok row {i + 1}")
 
 
 def _pairs(spec: SourceSpec, table: _Rows) -> Iterator[tuple[str, str | None]]:

@@ -6,6 +6,7 @@ checkpoint store on the other. Neither side knows about the other.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
@@ -94,15 +95,16 @@ class Runner:
                 continue
             if prompt.file_id in self.running:
                 raise RuntimeError(f"record {prompt.file_id} fed twice")
-            request = GenerationRequest(prompt.file_id, prompt.token_ids, record_seed(self.seed, prompt.file_id))
+            request = GenerationRequest(prompt.file_id, prompt.token_ids, record_seed(self.seed, prompt.file_id),
+                                        prompt.audio)
             try:
                 self.engine.add(request)
             except EngineError:
                 raise  # the engine is gone: no record is to blame
             except Exception as exc:  # one bad request must not stop the others
                 self._write(row_without_model(prompt, error=refusal(exc)))
-            else:
-                self.running[prompt.file_id] = prompt
+            else:  # the engine has the samples now; holding them until the row is written would cost memory
+                self.running[prompt.file_id] = prompt if prompt.audio is None else dataclasses.replace(prompt, audio=None)
         return False
 
     def _write(self, row: Row) -> None:

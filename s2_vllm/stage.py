@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from s2_vllm.checkpoint import Row
 from s2_vllm.config import Config, SourceSpec
 from s2_vllm.config.tables import PromptConfig
-from s2_vllm.errors import InputError
+from s2_vllm.errors import ConfigError, InputError
+from s2_vllm.prompts import Prompt
 from s2_vllm.records import Record, join
 from s2_vllm.template import PromptTemplate
 
 Echo = Callable[[str], None]
+Feed = Callable[[Iterable[Prompt]], Iterator[Prompt]]
 
 
 def _no_check(config: Config) -> None:
@@ -37,12 +39,17 @@ class Stage:
     sources: tuple[SourceSpec, ...] | None = None  # its own sources instead of the config's
     template: str | None = None  # its prompt, used when the config's template does not use its sources
     prompt_name: str = ""  # what to call that prompt in the note that says it is used
+    setup: Callable[[Config, Echo], Config] | None = None  # its own `configure`, when the above is not enough
+    audio_tokens: int = 0  # the most context tokens one clip takes (describe); prompts then hold an audio part
+    feed: Feed | None = None  # between the rendered prompts and the runner (describe: decodes the clips)
 
     def fingerprint(self, config: Config, chat_template: str) -> dict[str, Any]:
         return config.fingerprint(stage=self.name, marks=self.marks, chat_template=chat_template)
 
     def configure(self, config: Config, echo: Echo) -> Config:
         """The config this stage runs with: the given one, or with its own sources and (maybe) prompt."""
+        if self.setup is not None:
+            return self.setup(config, echo)
         if self.sources is None:
             return config
         template = config.prompt.template
@@ -57,6 +64,8 @@ class Stage:
 
 
 def check_source_paths(config: Config) -> None:
+    if not config.sources:
+        raise ConfigError("the config declares no sources")
     for spec in config.sources:
         if not spec.path:
             raise InputError(f"no input file for source '{spec.name}' "

@@ -135,7 +135,16 @@ def _corpus() -> list[str]:
 
 
 def _train_tokenizer() -> Any:
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
@@ -176,6 +185,10 @@ def _wrap_tokenizer(raw: Any) -> Any:
 
 
 def _tilt_towards_eos(model: Any, eos_id: int) -> None:
+    tilt_towards_eos(model.model.layers, model.model.embed_tokens, model.lm_head, eos_id, EOS_WEIGHT)
+
+
+def tilt_towards_eos(layers: Any, embed_tokens: Any, lm_head: Any, eos_id: int, weight: float) -> None:
     """Make greedy decoding end with <|im_end|> after a varied number of tokens.
 
     Random weights almost never pick eos, so every output would run to max_tokens. Every
@@ -188,13 +201,13 @@ def _tilt_towards_eos(model: Any, eos_id: int) -> None:
     import torch
 
     with torch.no_grad():
-        for layer in model.model.layers:
+        for layer in layers:
             layer.self_attn.o_proj.weight[EOS_DIM, :] = 0.0
             layer.mlp.down_proj.weight[EOS_DIM, :] = 0.0
-        model.model.embed_tokens.weight[:, EOS_DIM] = EOS_SHIFT
-        model.lm_head.weight[:, EOS_DIM] = 0.0
-        model.lm_head.weight[eos_id, :] = 0.0
-        model.lm_head.weight[eos_id, EOS_DIM] = EOS_WEIGHT
+        embed_tokens.weight[:, EOS_DIM] = EOS_SHIFT
+        lm_head.weight[:, EOS_DIM] = 0.0
+        lm_head.weight[eos_id, :] = 0.0
+        lm_head.weight[eos_id, EOS_DIM] = weight
 
 
 def _build_model(tokenizer: Any, vocab_size: int | None = None) -> Any:
@@ -229,15 +242,22 @@ def build_tiny_model(dest: str | Path | None = None, *, force: bool = False) -> 
     an interrupted build never leaves a half-written model behind.
     """
     dest = Path(dest) if dest is not None else default_cache_dir() / "tiny-qwen3"
-    if (dest / MARKER).exists() and not force:
+    return build_once(dest, MARKER, _write_model, force=force)
+
+
+def build_once(dest: Path, marker: str, write: Any, *, force: bool = False) -> Path:
+    """`write(folder)` into a temporary sibling of `dest`, renamed into place when done; nothing when `dest`
+    holds `marker` already (unless `force`). A folder with other files and no marker of ours is never replaced."""
+    if (dest / marker).exists() and not force:
         return dest
-    if dest.exists() and any(dest.iterdir()) and not any(dest.glob(".s2-tiny-v*")):
+    family = marker.rsplit("-v", 1)[0]
+    if dest.exists() and any(dest.iterdir()) and not any(dest.glob(f"{family}-v*")):
         raise FileExistsError(f"{dest} exists and is not a tiny model built here; refusing to replace it")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
-        _write_model(tmp)
-        if (dest / MARKER).exists() and not force:
+        write(tmp)
+        if (dest / marker).exists() and not force:
             return dest  # a concurrent build finished first; keep its copy
         if dest.exists():
             shutil.rmtree(dest)

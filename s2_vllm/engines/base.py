@@ -21,6 +21,7 @@ class GenerationRequest:
     key: str  # the record's file_id; completions carry it back
     prompt_token_ids: list[int]
     seed: int  # per-record seed, so results do not depend on order or resuming
+    audio: tuple[Any, int] | None = None  # (mono float32 samples, sample rate) for the prompt's one audio placeholder
 
 
 @dataclass(frozen=True)

@@ -226,7 +226,10 @@ class VLLMEngine(Engine):
         params = sampling_params(self._sampling, request.seed)
         # An engine input ("type": "token"), not a raw prompt dict: vLLM then neither re-processes
         # the prompt nor warns that raw prompts are deprecated.
-        prompt = self._tokens_input(list(request.prompt_token_ids))
+        if request.audio is None:
+            prompt = self._tokens_input(list(request.prompt_token_ids))
+        else:  # vLLM runs the model's processor on the samples and widens the one placeholder to the clip's length
+            prompt = {"prompt_token_ids": list(request.prompt_token_ids), "multi_modal_data": {"audio": request.audio}}
         # Raises for this request alone (e.g. prompt longer than max_model_len), unless the
         # engine itself is gone: then it is the run that cannot go on, not this record.
         try:
@@ -302,6 +305,9 @@ class VLLMEngine(Engine):
         if not out.outputs:
             return Completion(key, "", "error", prompt_tokens, 0, "vLLM returned no output for the request")
         first = out.outputs[0]
+        # vLLM's own count: with audio it includes the placeholder widened to the clip's length
+        counted = getattr(out, "prompt_token_ids", None)
+        prompt_tokens = len(counted) if counted is not None else prompt_tokens
         text, n = first.text or "", len(first.token_ids or ())
         reason = _FINISH_REASONS.get(str(first.finish_reason))
         if reason is not None:
