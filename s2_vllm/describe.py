@@ -61,7 +61,7 @@ def describe_stage(config: Config, inputs: ClipInputs) -> Stage:
 
     audio = config.audio
     feed = ClipFeed(audio.sample_rate, audio.max_seconds, cut=config.prompt.too_long == "truncate",
-                    workers=audio.decode_workers, ahead=audio.decode_ahead)
+                    workers=audio.decode_workers, ahead=audio.decode_ahead, processes=audio.decode_in == "processes")
     return Stage(
         STAGE,
         read=lambda config, echo: clip_records(config, inputs, echo),
@@ -82,7 +82,8 @@ def _subtitle_spec(config: Config) -> SourceSpec:
 def _setup(config: Config, inputs: ClipInputs) -> Config:
     """describe's config: its model, its sources (the subtitles or none), its prompt, vLLM's audio settings."""
     if config.run.engine != "vllm":
-        raise UserError("describe runs on vLLM only: the hf engine takes no audio (use --engine vllm)")
+        raise UserError(f"describe runs on vLLM only: the hf engine takes no audio "
+                        f"(the config says [run] engine = \"{config.run.engine}\")")
     engine = config.engine
     if engine.model == EngineConfig().model:  # run's default text model: describe's default is an audio model
         engine = dataclasses.replace(engine, model=DEFAULT_MODEL)
@@ -134,7 +135,9 @@ def clip_records(config: Config, inputs: ClipInputs, echo: Echo) -> list[Record]
     limit = f"{config.audio.max_seconds:g} s"
     policy = (f"cut to {limit} and marked truncated" if config.prompt.too_long == "truncate"
               else "an error row (too_long = \"error\")")
-    echo(f"clips are decoded to {config.audio.sample_rate} Hz mono by {config.audio.decode_workers} threads, "
+    workers = config.audio.decode_workers
+    kind = config.audio.decode_in if workers != 1 else {"processes": "process", "threads": "thread"}[config.audio.decode_in]
+    echo(f"clips are decoded to {config.audio.sample_rate} Hz mono by {workers} {kind}, "
          f"at most {config.audio.decode_ahead} ahead of the engine; a clip over {limit}: {policy}")
     if not config.sources:
         return [Record(c.file_id, {}, clip=c.path) for c in clips]
@@ -162,6 +165,6 @@ def describe(config: Config, options: RunOptions, inputs: ClipInputs, echo: Echo
 
     output = Path(options.output).resolve()
     given = [Path(p).resolve() for p in (*inputs.paths, *([inputs.manifest] if inputs.manifest else []))]
-    if output in given or any(p.is_dir() and p in output.parents for p in given):
-        raise UserError(f"the output {options.output} is among the inputs; choose another -o")
+    if output in given:
+        raise UserError(f"the output {options.output} is one of the inputs; choose another -o")
     return run(config, options, echo, stage=describe_stage(config, inputs), engine=engine)

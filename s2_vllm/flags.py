@@ -77,7 +77,8 @@ FLAGS: dict[str, Flag] = {f.dest: f for f in [
     Flag(("--ray-address",), "Run the replicas as Ray actors: auto, HOST:PORT, or local.", "parallel.ray_address"),
     Flag(("--max-seconds",), "Longest clip the model takes; longer ones are cut (or refused, --too-long error).",
          "audio.max_seconds"),
-    Flag(("--decode-workers",), "Threads decoding clips ahead of the engine.", "audio.decode_workers"),
+    Flag(("--decode-workers",), "Workers decoding clips ahead of the engine.", "audio.decode_workers"),
+    Flag(("--decode-in",), "Decoding workers are processes or threads.", "audio.decode_in"),
     Flag(("--decode-ahead",), "Most decoded clips waiting for the engine.", "audio.decode_ahead"),
     Flag(("--overwrite",), "Start over when the checkpoint has another config (keeps a backup).",
          extra={"is_flag": True}),
@@ -92,7 +93,7 @@ SOURCES = ("audio", "subtitles", "extra_sources")
 PROMPT = ("model", "tokenizer", "max_model_len", "max_tokens", "enable_thinking", "too_long")
 GENERATE = ("engine", "temperature", "top_p", "top_k", "seed", "batch_size", "in_flight", "replicas", "ray_address")
 CHECKPOINT = ("overwrite", "retry_failed", "repair", "no_progress", "show_engine_log")
-AUDIO = ("max_seconds", "decode_workers", "decode_ahead")
+AUDIO = ("max_seconds", "decode_workers", "decode_in", "decode_ahead")
 
 
 def use(*names: str, **defaults: Any) -> Callable[[Any], Any]:

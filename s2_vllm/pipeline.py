@@ -15,7 +15,7 @@ from s2_vllm.checkpoint import CheckpointStore, SideFiles
 from s2_vllm.config import Config
 from s2_vllm.engine_log import EngineLog, console
 from s2_vllm.engines import Engine, check_engine_config, create_engine, platform_settings
-from s2_vllm.errors import EngineError
+from s2_vllm.errors import EngineError, UserError
 from s2_vllm.model_config import read_model_config
 from s2_vllm.progress import ProgressBar, RunStats, say_above_bar, summary_lines
 from s2_vllm.prompts import PromptBuilder, iter_prompts, load_tokenizer, resolve_max_model_len
@@ -68,6 +68,8 @@ def run(config: Config, options: RunOptions, echo: Echo, *, stage: Stage = FUSIO
                             audio_tokens=stage.audio_tokens)
     setup = EngineSetup(kwargs, model_config)
     chat_template = str(getattr(tokenizer, "chat_template", None) or "")
+    if not options.overwrite:
+        check_output_stage(options.output, stage.name)
     with CheckpointStore(options.output) as store:
         done = store.open(
             stage.fingerprint(config, chat_template), overwrite=options.overwrite,
@@ -97,6 +99,21 @@ def run(config: Config, options: RunOptions, echo: Echo, *, stage: Stage = FUSIO
         raise Interrupted(f"interrupted; {stats.resumed + stats.written} of {stats.total} records are in "
                              f"{options.output}: run the same command to resume")
     return summary
+
+
+HOLDS = {None: "fused descriptions (s2-vllm run)", "extract-labels": "emotion labels (s2-vllm extract-labels)",
+         "describe": "clip descriptions (s2-vllm describe)"}
+
+
+def check_output_stage(output: Path, stage: str | None) -> None:
+    """The checkpoint to resume was written by this command, not another one's pass."""
+    from s2_vllm.checkpoint import read_manifest
+    from s2_vllm.config.fingerprint import stage_of
+
+    manifest = read_manifest(output) if output.is_file() and output.stat().st_size else None
+    if manifest is not None and (old := stage_of(manifest.get("fingerprint"))) != stage:
+        raise UserError(f"{output} holds {HOLDS.get(old, old)}, not {HOLDS.get(stage, stage)}: choose another -o, "
+                        "or --overwrite to start over (the old file is kept as a backup)")
 
 
 def _generate(config: Config, setup: EngineSetup, options: RunOptions, store: CheckpointStore,

@@ -3,12 +3,19 @@ from pathlib import Path
 import pytest
 
 from s2_vllm.tiny import build_tiny_model
+from s2_vllm.tiny_omni import build_tiny_omni
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny random Qwen3 model + locally trained tokenizer, built once per test session."""
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-qwen3")
+
+
+@pytest.fixture(scope="session")
+def tiny_omni(tmp_path_factory) -> Path:
+    """A tiny random Qwen2.5-Omni thinker (audio in, text out) with its processor, built once per test session."""
+    return build_tiny_omni(tmp_path_factory.mktemp("omni") / "tiny-qwen2.5-omni")
 
 
 def pytest_collection_modifyitems(config, items):

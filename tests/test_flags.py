@@ -14,7 +14,7 @@ from s2_vllm.config import Config
 from s2_vllm.flags import FLAGS, config_from, shard_output
 
 COMMANDS = ("run", "render", "extract-labels", "describe")
-AUDIO = {"max_seconds", "decode_workers", "decode_ahead"}
+AUDIO = {"max_seconds", "decode_workers", "decode_in", "decode_ahead"}
 
 
 def params(command: str) -> dict[str, click.Parameter]:
@@ -50,7 +50,8 @@ KEYED = {
     "top_k": ("sampling", "top_k", 3), "seed": ("sampling", "seed", 11), "batch_size": ("hf", "batch_size", 2),
     "in_flight": ("run", "in_flight", 5), "replicas": ("parallel", "replicas", 2),
     "ray_address": ("parallel", "ray_address", "auto"), "max_seconds": ("audio", "max_seconds", 12.5),
-    "decode_workers": ("audio", "decode_workers", 2), "decode_ahead": ("audio", "decode_ahead", 8),
+    "decode_workers": ("audio", "decode_workers", 3), "decode_ahead": ("audio", "decode_ahead", 8),
+    "decode_in": ("audio", "decode_in", "threads"),
 }
 
 

@@ -163,7 +163,9 @@ def test_stage_resumes_and_refuses_confusions(flow):
         changed.stderr
     into_fusion = CliRunner().invoke(cli, ["run", "--engine", "hf", "--model", model[3], "--audio", AUDIO,
                                            "--subtitles", SUBTITLES, "--max-tokens", "16", "-o", str(labels)])
-    assert into_fusion.exit_code == 2 and "was written with another config" in into_fusion.stderr
+    assert into_fusion.exit_code == 2 and into_fusion.stderr == (
+        f"Error: {labels} holds emotion labels (s2-vllm extract-labels), not fused descriptions (s2-vllm run): "
+        "choose another -o, or --overwrite to start over (the old file is kept as a backup)\n")
     same = CliRunner().invoke(cli, ["extract-labels", str(fused), *model, "-o", str(fused)])
     assert same.stderr == f"Error: the output {fused} is also an input; choose another -o\n"
     chained = CliRunner().invoke(cli, ["extract-labels", str(labels), *model, "-o", str(labels) + ".2"])

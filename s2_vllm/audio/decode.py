@@ -131,7 +131,6 @@ def _with_av(path: str, rate: int, max_seconds: float, cut: bool) -> Decoded:
                 raise ClipError("the video has no audio track")
             raise ClipError("no audio stream in the file: not an audio file")
         stream = streams[0]
-        stream.thread_type = "AUTO"
         known = _duration(container, stream)
         if known is not None and known > max_seconds and not cut:
             raise _too_long(known, max_seconds)
