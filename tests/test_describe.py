@@ -1,0 +1,129 @@
+"""describe without an engine: its config, records and prompts, and its checkpoints as step 2's input."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from s2_vllm.audio.synth import write_clip
+from s2_vllm.checkpoint import CheckpointStore, Row
+from s2_vllm.cli import cli
+from s2_vllm.config import Config
+from s2_vllm.describe import DEFAULT_MODEL, TEMPLATE, TEMPLATE_WITH_SUBTITLE, ClipInputs, clip_records, describe_stage
+from s2_vllm.errors import ConfigError
+from s2_vllm.prompts import PromptBuilder, load_tokenizer
+from s2_vllm.records import Record
+
+DESCRIBE_FP = {"model": "tiny-omni", "stage": "describe", "audio": {"sample_rate": 16000}}
+
+
+def write_describe_checkpoint(path, rows, fingerprint=DESCRIBE_FP):
+    with CheckpointStore(path) as store:
+        store.open(fingerprint)
+        for row in rows:
+            store.append(row)
+    return path
+
+
+def test_describe_brings_its_model_prompt_and_vllm_audio_settings():
+    stage = describe_stage(Config(), ClipInputs(("clips",)))
+    config = stage.configure(Config(), print)
+    assert config.engine.model == DEFAULT_MODEL and config.sources == [] and config.prompt.template == TEMPLATE
+    assert config.engine.extra["limit_mm_per_prompt"] == {"audio": 1, "image": 0, "video": 0}
+    config.validate()  # no sources and a template without placeholders: fine for describe
+    with_subs = describe_stage(Config(), ClipInputs(("clips",), subtitles="s.json")).configure(Config(), print)
+    assert [(s.name, s.placeholder, s.path) for s in with_subs.sources] == [("subtitle", "subtitle", "s.json")]
+    assert with_subs.prompt.template == TEMPLATE_WITH_SUBTITLE
+    own = Config()
+    own.prompt.template = "Tell me about the voice. Subtitle: {subtitle}"
+    own.engine.model = "Qwen/Qwen2-Audio-7B-Instruct"
+    own.engine.extra = {"limit_mm_per_prompt": {"audio": 2}}
+    mine = describe_stage(own, ClipInputs(("c",), subtitles="s.json")).configure(own, print)
+    assert (mine.prompt.template, mine.engine.model) == (own.prompt.template, "Qwen/Qwen2-Audio-7B-Instruct")
+    assert mine.engine.extra["limit_mm_per_prompt"] == {"audio": 2}
+    assert stage.marks == {"audio": {"sample_rate": 16000, "max_seconds": 30.0, "decoder": 1}}
+    assert stage.audio_tokens == 752
+
+
+def test_clips_join_their_subtitles_by_id(tmp_path):
+    for name in ("a", "b", "c"):
+        write_clip(tmp_path / f"{name}.wav", 300, 0.5)
+    subs = tmp_path / "subs.json"
+    subs.write_bytes(orjson.dumps([{"file_id": "a", "english_transcription": "Hello."},
+                                   {"file_id": "c", "english_transcription": ""}, {"file_id": "z", "english_transcription": "?"}]))
+    config = describe_stage(Config(), ClipInputs((str(tmp_path),), subtitles=str(subs))).configure(Config(), print)
+    echoed: list[str] = []
+    records = clip_records(config, ClipInputs((str(tmp_path),), subtitles=str(subs)), echoed.append)
+    assert records == [Record("a", {"subtitle": "Hello."}, clip=str(tmp_path / "a.wav")),
+                       Record("c", {"subtitle": ""}, "empty text in subtitle", clip=str(tmp_path / "c.wav"))]
+    assert echoed == [
+        f"found 3 clips in {tmp_path}",
+        "clips are decoded to 16000 Hz mono by 2 processes, at most 64 ahead of the engine; a clip over 30 s: cut to "
+        "30 s and marked truncated",
+        f"subtitles: 2 of the clips have one in {subs}; 1 without are left out",
+    ]
+
+
+def test_an_audio_prompt_holds_one_placeholder_and_leaves_room_for_the_clip(tiny_omni, tiny_model):
+    config = describe_stage(Config(), ClipInputs(("c",))).configure(Config(), print)
+    config.engine.model = str(tiny_omni)
+    config.sampling.max_tokens = 64
+    tokenizer = load_tokenizer(config)
+    builder = PromptBuilder(config, tokenizer, 2048, audio_tokens=752)
+    assert builder.budget == 2048 - 64 - 752
+    (prompt,) = builder.build([Record("x", {}, clip="x.wav")])
+    audio = tokenizer.convert_tokens_to_ids("<|AUDIO|>")
+    assert prompt.token_ids.count(audio) == 1 and prompt.clip == "x.wav"
+    assert prompt.text.startswith("<|im_start|>user\n<|audio_bos|><|AUDIO|><|audio_eos|>Please act as an expert")
+    with pytest.raises(ConfigError) as small:
+        PromptBuilder(config, tokenizer, 800, audio_tokens=752)
+    assert str(small.value) == ("max_model_len (800) leaves no room for the prompt's text beside sampling.max_tokens "
+                                "(64) and a clip of up to 752 tokens")
+    config.engine.model = str(tiny_model)
+    with pytest.raises(ConfigError) as text_only:
+        PromptBuilder(config, load_tokenizer(config), 2048, audio_tokens=752)
+    assert str(text_only.value) == ("the chat template renders 0 audio placeholders (<|AUDIO|>) for a message with one "
+                                    "clip; describe needs an audio model's tokenizer and template")
+
+
+def test_a_describe_checkpoint_feeds_step_two_and_exports_as_its_input(tmp_path, tiny_model):
+    shards = [tmp_path / f"d.shard-{i}-of-2.jsonl" for i in range(2)]
+    write_describe_checkpoint(shards[0], [Row("s1", "calm low voice", prompt_tokens=90), Row("s2", None, status="error",
+                                                                                         error="the file is empty")])
+    write_describe_checkpoint(shards[1], [Row("s3", "fast rising pitch"), Row("s4", "cut", status="length")])
+    subs = tmp_path / "subs.json"
+    subs.write_bytes(orjson.dumps([{"file_id": f"s{i}", "english_transcription": f"line {i}"} for i in range(1, 5)]))
+    runner = CliRunner()
+    out = tmp_path / "prompts.jsonl"
+    rendered = runner.invoke(cli, ["render", "--model", str(tiny_model), "--audio", str(tmp_path / "d.shard-*.jsonl"),
+                                   "--subtitles", str(subs), "-o", str(out)])
+    assert rendered.exit_code == 0, rendered.output
+    prompts = {p["file_id"]: p["prompt"] for p in map(orjson.loads, out.read_bytes().splitlines())}
+    assert sorted(prompts) == ["s1", "s3"]  # the ok rows only
+    assert "calm low voice" in prompts["s1"] and "line 1" in prompts["s1"] and "fast rising pitch" in prompts["s3"]
+    assert "joined 2 records from subtitle (4 rows) and audio (2 rows)" in rendered.output
+
+    exported = runner.invoke(cli, ["export", str(tmp_path / "d.shard-*.jsonl"), "-o", str(tmp_path / "a.json")])
+    assert exported.output == f"wrote 2 records to {tmp_path / 'a.json'}\n"
+    assert orjson.loads((tmp_path / "a.json").read_bytes()) == [
+        {"file_id": "s1", "generated_text": "calm low voice"}, {"file_id": "s3", "generated_text": "fast rising pitch"}]
+
+
+def test_run_and_describe_refuse_each_others_checkpoints(tmp_path, tiny_model, tiny_omni):
+    described = write_describe_checkpoint(tmp_path / "desc.jsonl", [Row("s1", "calm")])
+    fused = write_describe_checkpoint(tmp_path / "fused.jsonl", [Row("s1", "calm")], {"model": "m"})
+    audio, subs = tmp_path / "a.json", tmp_path / "s.json"
+    audio.write_bytes(orjson.dumps([{"file_id": "s1", "generated_text": "calm"}]))
+    subs.write_bytes(orjson.dumps([{"file_id": "s1", "english_transcription": "hi"}]))
+    write_clip(tmp_path / "s1.wav", 300, 0.5)
+    runner = CliRunner()
+    run = runner.invoke(cli, ["run", "--engine", "hf", "--model", str(tiny_model), "--audio", str(audio),
+                              "--subtitles", str(subs), "-o", str(described)])
+    assert (run.exit_code, run.stderr) == (2, (
+        f"Error: {described} holds clip descriptions (s2-vllm describe), not fused descriptions (s2-vllm run): "
+        "choose another -o, or --overwrite to start over (the old file is kept as a backup)\n"))
+    describe = runner.invoke(cli, ["describe", str(tmp_path / "s1.wav"), "--model", str(tiny_omni), "-o", str(fused)])
+    assert (describe.exit_code, describe.stderr) == (2, (
+        f"Error: {fused} holds fused descriptions (s2-vllm run), not clip descriptions (s2-vllm describe): "
+        "choose another -o, or --overwrite to start over (the old file is kept as a backup)\n"))
