@@ -202,8 +202,11 @@ def export(checkpoints: tuple[str, ...], output: str, fmt: str, include_failed: 
               help="Where the demo writes its data, checkpoint and export.")
 @click.option("--max-tokens", type=int, default=48, show_default=True)
 @click.option("--engine", type=click.Choice(ENGINES),
-              help="Default: vllm where its engine can start (a GPU, or vLLM's CPU build), else hf.")
-def demo(directory: str, max_tokens: int, engine: str | None) -> None:
+              help="Default: vllm where its engine can start (a GPU, or vLLM's CPU build), else hf. With "
+                   "--from-audio, step 2's engine (describe always runs on vLLM).")
+@click.option("--from-audio", is_flag=True,
+              help="Start from generated audio clips: describe (step 1) -> run (step 2) -> export. Needs vLLM.")
+def demo(directory: str, max_tokens: int, engine: str | None, from_audio: bool) -> None:
     """Run the whole pipeline on a tiny random model and bundled data: no GPU, no network.
 
     It builds (once) a tiny Qwen3-style model with random weights and a locally trained
@@ -211,10 +214,19 @@ def demo(directory: str, max_tokens: int, engine: str | None) -> None:
     exports the tutorial's JSON. The model's text is noise: only the plumbing is real.
     It runs on vLLM where its engine can start (a CUDA GPU, or vLLM's CPU build) and on
     transformers otherwise, and says which.
-    """
-    from s2_vllm.demo import run_demo
 
-    run_demo(Path(directory), max_tokens=max_tokens, echo=click.echo, engine=engine)
+    With --from-audio it starts one step earlier: a tiny random Qwen2.5-Omni thinker describes
+    eight generated clips on vLLM (describe), and that checkpoint is step 2's audio source.
+
+    \b
+    Examples:
+        s2-vllm demo
+        s2-vllm demo --from-audio --dir s2-vllm-audio-demo
+    """
+    from s2_vllm.demo import run_audio_demo, run_demo
+
+    (run_audio_demo if from_audio else run_demo)(Path(directory), max_tokens=max_tokens, echo=click.echo,
+                                                 engine=engine)
 
 
 @cli.command("extract-labels")

@@ -91,6 +91,52 @@ def run_demo(directory: Path, *, max_tokens: int, echo: Callable[[str], None], e
          f"{time.monotonic() - started:.0f}s.")
 
 
+DEMO_CLIPS = 8  # the first ids of the bundled subtitles get a generated clip each
+
+
+def run_audio_demo(directory: Path, *, max_tokens: int, echo: Callable[[str], None], engine: str | None = None) -> None:
+    """The whole S2 flow from clips: describe (the tiny Omni thinker on vLLM) → run (step 2) → export."""
+    from s2_vllm.audio.synth import write_clip
+    from s2_vllm.errors import UserError
+    from s2_vllm.tiny_omni import build_tiny_omni
+
+    echo("s2-vllm demo --from-audio: tiny models with RANDOM weights (a Qwen2.5-Omni thinker for the clips, a")
+    echo("Qwen3-style model for step 2). Their text is noise; the clips, decoding, prompts, checkpoints and")
+    echo("the hand-over between the steps are the real pipeline.\n")
+    started = time.monotonic()
+    describe_engine, why = choose_engine()
+    if describe_engine != "vllm":
+        raise UserError(f"demo --from-audio needs vLLM, the engine that takes audio: {why}")
+    engine = engine or describe_engine
+    echo(f"describe on vLLM, because {why}; step 2 on {'vLLM' if engine == 'vllm' else 'transformers (hf)'}")
+    omni, model = build_tiny_omni(), build_tiny_model()
+    echo(f"models: {omni} and {model} (built once, then cached; {time.monotonic() - started:.1f}s)")
+    directory.mkdir(parents=True, exist_ok=True)
+    subtitles = directory / "subtitles.json"
+    shutil.copyfile(demo_paths()[1], subtitles)
+    clips = directory / "clips"
+    shutil.rmtree(clips, ignore_errors=True)
+    clips.mkdir()
+    ids = [r["file_id"] for r in orjson.loads(subtitles.read_bytes())[:DEMO_CLIPS]]
+    for i, file_id in enumerate(ids):  # tones of different pitch and length, in three formats
+        write_clip(clips / f"{file_id}{('.wav', '.flac', '.mp4')[i % 3]}", 180 + 45 * i, 1.5 + (i % 4) * 0.75,
+                   (16000, 44100, 22050)[i % 3], 1 + i % 2)
+    described, fused = directory / "audio_descriptions.jsonl", directory / "s2_final_descriptions.jsonl"
+    for old in [*directory.glob("audio_descriptions.*"), *directory.glob("s2_final_descriptions.*")]:
+        old.unlink()
+    echo(f"clips: {len(ids)} generated tones in {clips} (WAV, FLAC, MP4 with an AAC track)\n")
+    common = ["--max-tokens", str(max_tokens), "--temperature", "0"]
+    _cli(echo, "describe", str(clips), "--model", str(omni), "-o", str(described), *common)
+    _cli(echo, "export", str(described), "-o", str(directory / "audio_descriptions.json"))
+    echo("\n# step 2 reads the describe checkpoint as its audio source:")
+    _cli(echo, "run", "--engine", engine, "--model", str(model), "--audio", str(described), "--subtitles",
+         str(subtitles), "-o", str(fused), *common)
+    _cli(echo, "export", str(fused), "-o", str(directory / "s2_final_descriptions.json"))
+    echo(f"\n{directory / 'audio_descriptions.json'} is step 1's [{{file_id, generated_text}}]; "
+         f"{directory / 's2_final_descriptions.json'} the tutorial's [{{file_id, final_description}}]. Done in "
+         f"{time.monotonic() - started:.0f}s.")
+
+
 def _cli(echo: Callable[[str], None], *args: str) -> None:
     echo("$ s2-vllm " + " ".join(args))
     result = subprocess.run([sys.executable, "-m", "s2_vllm", *args])

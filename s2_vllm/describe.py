@@ -89,8 +89,10 @@ def _setup(config: Config, inputs: ClipInputs) -> Config:
         engine = dataclasses.replace(engine, model=DEFAULT_MODEL)
     extra = dict(engine.extra)
     extra.setdefault("limit_mm_per_prompt", {"audio": 1, "image": 0, "video": 0})
+    from s2_vllm.engines.vllm import _import_vllm
     from s2_vllm.engines.vllm_api import is_cpu_platform
 
+    _import_vllm()  # its import-time lines go to the engine log, as for run
     if is_cpu_platform():
         extra.setdefault("skip_mm_profiling", True)  # on CPU it only costs start-up time (~15 s on 2 cores)
     engine = dataclasses.replace(engine, extra=extra)

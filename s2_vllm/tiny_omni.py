@@ -106,11 +106,6 @@ def _omni_config(thinker: Any) -> Any:
 
     config = Qwen2_5OmniConfig(thinker_config=thinker.to_dict(), enable_audio_output=False)
     config.architectures = ["Qwen2_5OmniForConditionalGeneration"]
-    talker = config.talker_config  # never built (no audio output); its default ids must still fit its vocabulary
-    for name in ("tts_text_start_token_id", "tts_text_end_token_id", "tts_text_pad_token_id", "vision_start_token_id",
-                 "vision_end_token_id", "audio_start_token_id", "audio_end_token_id"):
-        if getattr(talker, name, None) is not None:
-            setattr(talker, name, 0)
     return config
 
 
@@ -136,7 +131,7 @@ def _write_model(out: Path) -> None:
     from transformers.utils import logging
 
     verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()  # the unused talker's default token ids lie outside our vocabulary: noise
+    logging.set_verbosity_error()  # see model_config.read_model_config: the unused talker's ids warn
     try:
         tokenizer = _tokenizer()
         thinker = _thinker_config(tokenizer, TEXT_SHAPE, AUDIO_SHAPE)

@@ -127,3 +127,18 @@ def test_run_and_describe_refuse_each_others_checkpoints(tmp_path, tiny_model, t
     assert (describe.exit_code, describe.stderr) == (2, (
         f"Error: {fused} holds fused descriptions (s2-vllm run), not clip descriptions (s2-vllm describe): "
         "choose another -o, or --overwrite to start over (the old file is kept as a backup)\n"))
+
+
+@pytest.mark.parametrize("name, model", [("qwen2.5-omni-7b-describe.toml", "Qwen/Qwen2.5-Omni-7B"),
+                                         ("qwen2.5-omni-3b-describe.toml", "Qwen/Qwen2.5-Omni-3B"),
+                                         ("qwen2-audio-7b-describe.toml", "Qwen/Qwen2-Audio-7B-Instruct")])
+def test_the_shipped_describe_configs_configure_describe(name, model):
+    from pathlib import Path
+
+    from s2_vllm.config import load_config
+
+    config = load_config(Path(__file__).parent.parent / "configs" / name)
+    described = describe_stage(config, ClipInputs(("clips",))).configure(config, print)
+    described.validate()
+    assert (described.engine.model, described.prompt.template, described.sources) == (model, TEMPLATE, [])
+    assert described.audio.max_seconds == 30.0 and described.engine.extra["limit_mm_per_prompt"]["audio"] == 1
