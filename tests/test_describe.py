@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 import pytest
 from click.testing import CliRunner
@@ -142,3 +144,54 @@ def test_the_shipped_describe_configs_configure_describe(name, model):
     described.validate()
     assert (described.engine.model, described.prompt.template, described.sources) == (model, TEMPLATE, [])
     assert described.audio.max_seconds == 30.0 and described.engine.extra["limit_mm_per_prompt"]["audio"] == 1
+
+
+# docs/errors.md, section describe: (case, files to write, arguments, message). MODEL is the tiny Omni thinker.
+REFUSALS = [
+    ("no clips", {}, [], "Error: no clips given: name files or folders, or --manifest FILE"),
+    ("clips and a manifest", {"m.csv": "file_id,path\na,a.wav\n"}, ["a.wav", "--manifest", "m.csv"],
+     "Error: give clips or --manifest, not both"),
+    ("a folder without clips", {"empty/notes.txt": "x"}, ["empty"],
+     "Error: no audio or video files in empty (looked for wav, flac, mp3, m4a, aac, ogg, oga, opus, wma, aiff, aif, "
+     "mp4, avi, mkv, mov, webm, flv, mpg, mpeg, m4v, wmv)"),
+    ("a path without an extension that does not exist", {}, ["nowhere"], "Error: nowhere does not exist"),
+    ("a manifest without the id column", {"m.csv": "name,path\na,a.wav\n"}, ["--manifest", "m.csv"],
+     "Error: m.csv: entry 1 has no 'file_id' (have: name, path); --id-key and --path-key name the columns"),
+    ("a manifest entry with an empty path", {"m.csv": "file_id,path\na,\n"}, ["--manifest", "m.csv"],
+     "Error: m.csv: entry 1 has an empty 'path'"),
+    ("two clips with one id", {"a/x.wav": "", "b/x.mp4": ""}, ["a", "b"],
+     "Error: 1 clip id given twice: 'x' is a/x.wav and b/x.mp4; rename them or use --on-duplicate first|last"),
+    ("subtitles that name none of the clips", {"a/x.wav": "", "s.json": '[{"file_id": "y", "english_transcription": "hi"}]'},
+     ["a", "--subtitles", "s.json"], "Error: no clip id is in s.json (e.g. 'x'; its ids are under 'file_id')"),
+    ("a context too small for a 30 s clip", {"a/x.wav": ""}, ["a", "--max-model-len", "1024", "--max-tokens", "512"],
+     "Error: max_model_len (1024) leaves no room for the prompt's text beside sampling.max_tokens (512) and a clip "
+     "of up to 752 tokens"),
+    ("a [prompt] template with a placeholder but no --subtitles", {"a/x.wav": "", "t.toml": '[prompt]\ntemplate = "Voice? {audio_description}"\n'},
+     ["a", "--config", "t.toml"],
+     "Error: prompt template uses unknown placeholder {audio_description}; the declared sources give none"),
+]
+
+
+@pytest.mark.parametrize("case, files, args, message", REFUSALS, ids=[c[0] for c in REFUSALS])
+def test_describe_refusals_are_one_line(tmp_path, monkeypatch, tiny_omni, case, files, args, message):
+    monkeypatch.chdir(tmp_path)
+    for name, text in files.items():
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
+        Path(name).write_text(text)
+    result = CliRunner().invoke(cli, ["describe", *args, "--model", str(tiny_omni), "-o", "out.jsonl"])
+    assert (result.exit_code, result.stderr) == (2, message + "\n"), result.output
+    assert not Path("out.jsonl").exists()
+
+
+def test_run_audio_glob_that_matches_nothing(tmp_path, monkeypatch, tiny_model):
+    monkeypatch.chdir(tmp_path)
+    Path("s.json").write_text('[{"file_id": "y", "english_transcription": "hi"}]')
+    result = CliRunner().invoke(cli, ["render", "--audio", "d.shard-*.jsonl", "--subtitles", "s.json", "--model",
+                                      str(tiny_model)])
+    assert (result.exit_code, result.stderr) == (2, "Error: no file matches d.shard-*.jsonl\n")
+
+
+def test_the_refusals_are_in_the_error_catalogue():
+    doc = (Path(__file__).parent.parent / "docs" / "errors.md").read_text(encoding="utf-8").split("## describe", 1)[1]
+    for case, _, _, message in REFUSALS:
+        assert f"`{message.replace('|', chr(92) + '|')}`" in doc, case
