@@ -20,7 +20,7 @@ from typing import Any
 
 from s2_vllm import tiny
 
-MARKER = ".s2-tiny-omni-v1"  # bump when anything below changes the built files
+MARKER = ".s2-tiny-omni-v2"  # bump when anything below changes the built files
 SEED = 7
 EOS_WEIGHT = 50.0  # tuned like tiny.py's, for this width: greedy answers of 5..96 tokens
 OMNI_TOKENS = {  # the processor's names for Omni's special tokens, and the tokens
@@ -98,6 +98,7 @@ def _thinker_config(tokenizer: Any, text: dict[str, Any], audio: dict[str, Any])
         audio_token_index=ids["audio_token"], image_token_index=ids["image_token"],
         video_token_index=ids["video_token"], audio_start_token_id=ids["audio_bos_token"],
         audio_end_token_id=ids["audio_eos_token"], user_token_id=tokenizer.convert_tokens_to_ids(tiny.IM_START),
+        vision_start_token_id=ids["vision_bos_token"], vision_end_token_id=ids["vision_eos_token"],  # as Omni-7B's
     )
 
 
