@@ -61,7 +61,7 @@ def describe_stage(config: Config, inputs: ClipInputs) -> Stage:
 
     audio = config.audio
     feed = ClipFeed(audio.sample_rate, audio.max_seconds, cut=config.prompt.too_long == "truncate",
-                    workers=audio.decode_workers, ahead=audio.decode_ahead, processes=audio.decode_in == "processes")
+                    workers=decode_workers(config), ahead=audio.decode_ahead, processes=audio.decode_in == "processes")
     return Stage(
         STAGE,
         read=lambda config, echo: clip_records(config, inputs, echo),
@@ -72,6 +72,18 @@ def describe_stage(config: Config, inputs: ClipInputs) -> Stage:
         audio_tokens=math.ceil(audio.max_seconds * AUDIO_TOKENS_PER_SECOND) + 2,
         feed=feed,
     )
+
+
+def decode_workers(config: Config) -> int:
+    """[audio] decode_workers, else 2, or 1 on vLLM's CPU build: there the engine's threads hold every core, and
+    a second decoding process slows it by more than it gains (docs/BENCHMARKS.md)."""
+    if config.audio.decode_workers is not None:
+        return config.audio.decode_workers
+    from s2_vllm.engines.vllm import _import_vllm
+    from s2_vllm.engines.vllm_api import is_cpu_platform
+
+    _import_vllm()  # its import-time lines go to the engine log
+    return 1 if is_cpu_platform() else 2
 
 
 def _subtitle_spec(config: Config) -> SourceSpec:
@@ -137,7 +149,7 @@ def clip_records(config: Config, inputs: ClipInputs, echo: Echo) -> list[Record]
     limit = f"{config.audio.max_seconds:g} s"
     policy = (f"cut to {limit} and marked truncated" if config.prompt.too_long == "truncate"
               else "an error row (too_long = \"error\")")
-    workers = config.audio.decode_workers
+    workers = decode_workers(config)
     kind = config.audio.decode_in if workers != 1 else {"processes": "process", "threads": "thread"}[config.audio.decode_in]
     echo(f"clips are decoded to {config.audio.sample_rate} Hz mono by {workers} {kind}, "
          f"at most {config.audio.decode_ahead} ahead of the engine; a clip over {limit}: {policy}")

@@ -137,6 +137,8 @@ def _generate(config: Config, setup: EngineSetup, options: RunOptions, store: Ch
             # vLLM's CPU build), and no thread of ours runs while vLLM forks its engine process.
             rendered = iter_prompts(builder, pending)
             head = list(itertools.islice(rendered, RENDER_AHEAD))
+            if stage.feed is not None:  # describe: the first clips are decoded now, so the engine starts on them
+                head = stage.feed.prepare(head)
             try:
                 engine = given if given is not None else create_engine(
                     config, builder.tokenizer, kwargs=setup.kwargs, platforms=platforms, notify=say_above_bar)
@@ -153,7 +155,11 @@ def _generate(config: Config, setup: EngineSetup, options: RunOptions, store: Ch
                                 progress=progress, postprocess=stage.postprocess)
                 with prefetched(rendered, depth=RENDER_AHEAD) as rest:
                     prompts = itertools.chain(head, rest)
-                    runner.run(stage.feed(prompts) if stage.feed is not None else prompts)
+                    if stage.feed is None:
+                        runner.run(prompts)
+                    else:
+                        with stage.feed.stream(prompts) as fed:
+                            runner.run(fed, ready=fed.ready)
             except EngineError as exc:
                 raise EngineError(f"{exc}{_see_log(options)}") from exc
             finally:

@@ -41,9 +41,12 @@ class Runner:
         self.progress = progress
         self.postprocess = postprocess
         self.running: dict[str, Prompt] = {}  # added to the engine, not finished
+        self.ready: Callable[[], bool] | None = None
 
-    def run(self, prompts: Iterable[Prompt]) -> RunStats:
-        """Feed every prompt; returns when all are written or a signal stopped it."""
+    def run(self, prompts: Iterable[Prompt], ready: Callable[[], bool] | None = None) -> RunStats:
+        """Feed every prompt; returns when all are written or a signal stopped it. `ready`: whether the next
+        prompt is there without waiting (clips being decoded); while it is not, the engine steps what it has."""
+        self.ready = ready
         source: Iterator[Prompt] = iter(prompts)
         exhausted = False
         last_summary = time.monotonic()
@@ -87,6 +90,8 @@ class Runner:
     def _fill(self, source: Iterator[Prompt], stopping: Any) -> bool:
         """Top the engine up to the in-flight bound; True once the prompts are used up."""
         while len(self.running) < self.in_flight and not stopping.is_set():
+            if self.running and self.ready is not None and not self.ready():
+                return False
             prompt = next(source, None)
             if prompt is None:
                 return True

@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from s2_vllm.checkpoint import Row
 from s2_vllm.config import Config, SourceSpec
@@ -22,7 +22,24 @@ from s2_vllm.records import Record, join
 from s2_vllm.template import PromptTemplate
 
 Echo = Callable[[str], None]
-Feed = Callable[[Iterable[Prompt]], Iterator[Prompt]]
+
+
+class FeedStream(Protocol, Iterator[Prompt]):
+    def ready(self) -> bool: ...
+
+    def __enter__(self) -> FeedStream: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class Feed(Protocol):
+    """Work on the prompts between rendering and the runner (describe: decoding the clips)."""
+
+    def prepare(self, head: list[Prompt]) -> list[Prompt]:
+        """The first prompts, before the engine starts, in the calling thread."""
+
+    def stream(self, prompts: Iterable[Prompt]) -> FeedStream:
+        """All the prompts, head included, as the runner takes them."""
 
 
 def _no_check(config: Config) -> None:

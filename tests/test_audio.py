@@ -235,3 +235,28 @@ def test_describe_refuses_what_it_cannot_use(tmp_path, tiny_model, tiny_omni):
     inside = runner.invoke(cli, ["describe", clip, "--model", str(tiny_omni), "-o", clip])
     assert (inside.exit_code, inside.stderr) == (2, f"Error: the output {clip} is one of the inputs; choose another -o\n")
 
+
+
+def test_the_first_clips_decode_before_the_engine_and_the_stream_says_when_the_next_is_ready(tmp_path):
+    for i in range(6):
+        write_clip(tmp_path / f"c{i}.wav", 200 + 50 * i, 0.5)
+    prompts = [Prompt(f"c{i}", "t", [1], clip=str(tmp_path / f"c{i}.wav")) for i in range(6)]
+    prompts.insert(2, Prompt("gone", "t", [1], clip=str(tmp_path / "gone.wav")))
+    feed = ClipFeed(16000, 30, cut=True, workers=1, ahead=3, processes=False)
+    head = feed.prepare(prompts)
+    assert [p.audio is not None for p in head] == [True, True, False, False, False, False, False]
+    assert head[2].error == f"no such file: {tmp_path / 'gone.wav'}"  # the third clip: tried here too, and failed
+    with feed.stream(head) as stream:
+        assert stream.ready()  # decoded already: no pool needed for it
+        first = next(stream)
+        assert first.audio is not None and stream.pool is None
+        got = [first]
+        while True:
+            while not stream.ready():
+                time.sleep(0.001)
+            try:
+                got.append(next(stream))
+            except StopIteration:
+                break
+    assert [p.file_id for p in got] == [p.file_id for p in prompts]
+    assert sum(p.audio is not None for p in got) == 6 and stream.pool is not None

@@ -61,7 +61,7 @@ def test_clips_join_their_subtitles_by_id(tmp_path):
                        Record("c", {"subtitle": ""}, "empty text in subtitle", clip=str(tmp_path / "c.wav"))]
     assert echoed == [
         f"found 3 clips in {tmp_path}",
-        "clips are decoded to 16000 Hz mono by 2 processes, at most 64 ahead of the engine; a clip over 30 s: cut to "
+        "clips are decoded to 16000 Hz mono by 1 process, at most 64 ahead of the engine; a clip over 30 s: cut to "
         "30 s and marked truncated",
         f"subtitles: 2 of the clips have one in {subs}; 1 without are left out",
     ]

@@ -176,3 +176,25 @@ def test_a_second_signal_during_the_abort_does_not_cut_it_short():
     stats = Runner(engine, sink, RunStats(total=20, resumed=0), seed=0, thinking=False).run(prompts(20))
     assert stats.interrupted and engine.aborted and stats.finished is not None
     assert len(sink.rows) == 6
+
+
+def test_the_engine_steps_what_it_has_while_the_next_prompt_is_not_ready():
+    """describe's clips: while the next one decodes, the runner steps the engine instead of waiting on it."""
+    def adds(ready):
+        engine, sink = ShuffledEngine(capacity=8), ListSink()
+        at_step = []
+        original_add = engine.add
+
+        def add(request):
+            at_step.append((request.key, engine.steps))
+            original_add(request)
+
+        engine.add = add
+        Runner(engine, sink, RunStats(total=4, resumed=0), seed=0, thinking=False).run(
+            prompts(4), ready=None if ready is None else lambda: ready(engine))
+        assert len(sink.rows) == 4
+        return at_step
+
+    assert adds(None) == [("id0", 0), ("id1", 0), ("id2", 0), ("id3", 0)]
+    # Not ready for three steps: each step runs what the engine holds; with nothing left, the runner waits.
+    assert adds(lambda engine: engine.steps >= 3) == [("id0", 0), ("id1", 1), ("id2", 2), ("id3", 3)]

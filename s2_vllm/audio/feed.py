@@ -37,31 +37,36 @@ class ClipFeed:
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_ignore_interrupts)
 
+    def prepare(self, prompts: list[Prompt]) -> list[Prompt]:
+        """The first `ahead` clips of `prompts` decoded in this thread (before the engine starts: no pool yet, and
+        the engine finds work the moment it is up); the rest are left to the stream."""
+        out, left = [], self.ahead
+        for prompt in prompts:
+            if left and self._wants(prompt):
+                prompt, left = self._attach(prompt, self._decode_here(prompt.clip)), left - 1
+            out.append(prompt)
+        return out
+
+    def _decode_here(self, path: str | None) -> Future[Decoded]:
+        future: Future[Decoded] = Future()
+        try:
+            future.set_result(decode(str(path), self.rate, self.max_seconds, cut=self.cut))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+    @staticmethod
+    def _wants(prompt: Prompt) -> bool:
+        """A prompt whose clip is still to decode (not skipped, not too long, not decoded already)."""
+        return prompt.clip is not None and prompt.token_ids is not None and prompt.audio is None
+
+    def stream(self, prompts: Iterable[Prompt]) -> ClipStream:
+        return ClipStream(self, iter(prompts))
+
     def __call__(self, prompts: Iterable[Prompt]) -> Iterator[Prompt]:
         """The prompts in their order, each clip decoded (or failed) by the pool."""
-        source = iter(prompts)
-        pending: deque[tuple[Prompt, Future[Decoded] | None]] = deque()
-        pool = self._pool()
-        try:
-            exhausted = False
-            while True:
-                while not exhausted and len(pending) < self.ahead:
-                    prompt = next(source, None)
-                    if prompt is None:
-                        exhausted = True
-                    elif prompt.clip is None or prompt.token_ids is None:
-                        pending.append((prompt, None))  # nothing to decode: skipped, too long, or text only
-                    else:
-                        pending.append((prompt, self._decode(pool, prompt.clip)))
-                if not pending:
-                    return
-                prompt, future = pending.popleft()
-                yield prompt if future is None else self._attach(prompt, future)
-        finally:
-            for _, future in pending:
-                if future is not None:
-                    future.cancel()
-            pool.shutdown(wait=False, cancel_futures=True)
+        with self.stream(prompts) as stream:
+            yield from stream
 
     @staticmethod
     def _attach(prompt: Prompt, future: Future[Decoded]) -> Prompt:
@@ -73,6 +78,52 @@ class ClipFeed:
             return dataclasses.replace(prompt, token_ids=None, error=f"cannot decode the clip: {one_line(exc)}")
         truncated = prompt.truncated + ("audio",) if clip.cut else prompt.truncated
         return dataclasses.replace(prompt, audio=clip.as_input(), truncated=truncated)
+
+
+class ClipStream(Iterator[Prompt]):
+    """The prompts with their clips decoded by the pool, in order; `ready()` says whether the next one is there,
+    so the runner can step the engine instead of waiting on a clip. A context manager: leaving it stops the pool."""
+
+    def __init__(self, feed: ClipFeed, source: Iterator[Prompt]):
+        self.feed, self.source = feed, source
+        self.pending: deque[tuple[Prompt, Future[Decoded] | None]] = deque()
+        self.pool: Executor | None = None
+        self.exhausted = False
+
+    def _top_up(self) -> None:
+        while not self.exhausted and len(self.pending) < self.feed.ahead:
+            prompt = next(self.source, None)
+            if prompt is None:
+                self.exhausted = True
+            elif not self.feed._wants(prompt):
+                self.pending.append((prompt, None))  # nothing to decode: skipped, too long, decoded already
+            else:
+                if self.pool is None:
+                    self.pool = self.feed._pool()
+                self.pending.append((prompt, self.feed._decode(self.pool, str(prompt.clip))))
+
+    def ready(self) -> bool:
+        """True when next() will not wait on a clip (it may still say the prompts are used up)."""
+        self._top_up()
+        return not self.pending or self.pending[0][1] is None or self.pending[0][1].done()
+
+    def __next__(self) -> Prompt:
+        self._top_up()
+        if not self.pending:
+            raise StopIteration
+        prompt, future = self.pending.popleft()
+        return prompt if future is None else self.feed._attach(prompt, future)
+
+    def __enter__(self) -> ClipStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for _, future in self.pending:
+            if future is not None:
+                future.cancel()
+        self.pending.clear()
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _ignore_interrupts() -> None:

@@ -180,7 +180,9 @@ class AudioConfig:
                              "Qwen2.5-Omni and Qwen2-Audio reads 30 s and drops the rest. A longer clip is cut and "
                              "its row marked `truncated: [\"audio\"]`, or with `[prompt] too_long = \"error\"` "
                              "gets an error row. In a describe checkpoint's fingerprint.", min=0, above=True)
-    decode_workers: int = key(2, "Workers that decode and resample clips ahead of the engine.", min=1)
+    decode_workers: int | None = key(None, "Workers that decode and resample clips ahead of the engine.", min=1,
+                                     default_doc="2; 1 where vLLM runs on its CPU build (a second worker there takes "
+                                     "CPU from the engine's threads: docs/BENCHMARKS.md)")
     decode_in: str = key("processes", "Where the workers run: `processes` (fastest for video and AAC, whose "
                          "frame-by-frame decoding holds the GIL; docs/BENCHMARKS.md) or `threads` (enough for "
                          "WAV and FLAC, which soundfile reads without it).", choices=("processes", "threads"))
