@@ -144,7 +144,7 @@ def describe(clips: tuple[str, ...], manifest: str | None, id_key: str, path_key
     Examples:
         s2-vllm describe clips/ -o audio_descriptions.jsonl
         s2-vllm describe --manifest clips.csv --id-key name --path-key file
-        s2-vllm describe clips/ --subtitles dataset.json --config configs/qwen2.5-omni-3b.toml
+        s2-vllm describe clips/ --subtitles dataset.json --config configs/qwen2.5-omni-3b-describe.toml
         s2-vllm run --audio audio_descriptions.jsonl --subtitles dataset.json
     """
     from s2_vllm.describe import DEFAULT_OUTPUT, ClipInputs, describe as run_stage

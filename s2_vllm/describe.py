@@ -61,7 +61,8 @@ def describe_stage(config: Config, inputs: ClipInputs) -> Stage:
 
     audio = config.audio
     feed = ClipFeed(audio.sample_rate, audio.max_seconds, cut=config.prompt.too_long == "truncate",
-                    workers=decode_workers(config), ahead=audio.decode_ahead, processes=audio.decode_in == "processes")
+                    workers=lambda: decode_workers(config), ahead=audio.decode_ahead,
+                    processes=audio.decode_in == "processes")
     return Stage(
         STAGE,
         read=lambda config, echo: clip_records(config, inputs, echo),
@@ -79,11 +80,21 @@ def decode_workers(config: Config) -> int:
     a second decoding process slows it by more than it gains (docs/BENCHMARKS.md)."""
     if config.audio.decode_workers is not None:
         return config.audio.decode_workers
+    return 1 if _on_vllm_cpu() else 2
+
+
+def _on_vllm_cpu() -> bool:
+    """Whether vLLM runs on its CPU build here; describe's words when vLLM cannot be imported at all."""
     from s2_vllm.engines.vllm import _import_vllm
     from s2_vllm.engines.vllm_api import is_cpu_platform
+    from s2_vllm.errors import EngineError, cause_line
 
-    _import_vllm()  # its import-time lines go to the engine log
-    return 1 if is_cpu_platform() else 2
+    try:
+        _import_vllm()  # its import-time lines go to the engine log
+    except EngineError as exc:
+        raise EngineError(f"describe runs on vLLM, which cannot be imported here ({cause_line(exc.__cause__ or exc)}); "
+                          "bash scripts/install.sh installs it") from None
+    return is_cpu_platform()
 
 
 def _subtitle_spec(config: Config) -> SourceSpec:
@@ -101,11 +112,8 @@ def _setup(config: Config, inputs: ClipInputs) -> Config:
         engine = dataclasses.replace(engine, model=DEFAULT_MODEL)
     extra = dict(engine.extra)
     extra.setdefault("limit_mm_per_prompt", {"audio": 1, "image": 0, "video": 0})
-    from s2_vllm.engines.vllm import _import_vllm
-    from s2_vllm.engines.vllm_api import is_cpu_platform
-
-    _import_vllm()  # its import-time lines go to the engine log, as for run
-    if is_cpu_platform():
+    _check_inputs(inputs)  # the cheap refusals before vLLM's import (seconds)
+    if _on_vllm_cpu():
         extra.setdefault("skip_mm_profiling", True)  # on CPU it only costs start-up time (~15 s on 2 cores)
     engine = dataclasses.replace(engine, extra=extra)
     sources = [dataclasses.replace(_subtitle_spec(config), path=inputs.subtitles)] if inputs.subtitles else []
@@ -122,15 +130,19 @@ def _precheck(config: Config, inputs: ClipInputs) -> None:
     from s2_vllm.model_config import audio_capable, read_model_config
 
     check_decoders()
-    if not inputs.paths and not inputs.manifest:
-        raise UserError("no clips given: name files or folders, or --manifest FILE")
-    if inputs.paths and inputs.manifest:
-        raise UserError("give clips or --manifest, not both")
+    _check_inputs(inputs)
     model_config = read_model_config(config.engine)
     if model_config is not None and not audio_capable(model_config):
         arch = ", ".join(getattr(model_config, "architectures", None) or [type(model_config).__name__])
         raise UserError(f"{config.engine.model} takes no audio ({arch}); describe needs an audio model such as "
                         f"{DEFAULT_MODEL} or Qwen/Qwen2-Audio-7B-Instruct")
+
+
+def _check_inputs(inputs: ClipInputs) -> None:
+    if not inputs.paths and not inputs.manifest:
+        raise UserError("no clips given: name files or folders, or --manifest FILE")
+    if inputs.paths and inputs.manifest:
+        raise UserError("give clips or --manifest, not both")
 
 
 def clip_records(config: Config, inputs: ClipInputs, echo: Echo) -> list[Record]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import queue
 import threading
@@ -14,11 +15,21 @@ from typing import Any, TypeVar
 from s2_vllm.checkpoint import CheckpointStore, SideFiles
 from s2_vllm.config import Config
 from s2_vllm.engine_log import EngineLog, console
-from s2_vllm.engines import Engine, check_engine_config, create_engine, platform_settings
+from s2_vllm.engines import (
+    Engine,
+    check_engine_config,
+    create_engine,
+    platform_settings,
+)
 from s2_vllm.errors import EngineError, UserError
 from s2_vllm.model_config import read_model_config
 from s2_vllm.progress import ProgressBar, RunStats, say_above_bar, summary_lines
-from s2_vllm.prompts import PromptBuilder, iter_prompts, load_tokenizer, resolve_max_model_len
+from s2_vllm.prompts import (
+    PromptBuilder,
+    iter_prompts,
+    load_tokenizer,
+    resolve_max_model_len,
+)
 from s2_vllm.reaper import Watchdog, stop_leftovers
 from s2_vllm.records import Record
 from s2_vllm.runner import Runner
@@ -136,9 +147,9 @@ def _generate(config: Config, setup: EngineSetup, options: RunOptions, store: Ch
             # ready when it is, their tokenizing takes no CPU from the model while it generates (it would, on
             # vLLM's CPU build), and no thread of ours runs while vLLM forks its engine process.
             rendered = iter_prompts(builder, pending)
-            head = list(itertools.islice(rendered, RENDER_AHEAD))
+            head = collections.deque(itertools.islice(rendered, RENDER_AHEAD))
             if stage.feed is not None:  # describe: the first clips are decoded now, so the engine starts on them
-                head = stage.feed.prepare(head)
+                head = collections.deque(stage.feed.prepare(list(head)))
             try:
                 engine = given if given is not None else create_engine(
                     config, builder.tokenizer, kwargs=setup.kwargs, platforms=platforms, notify=say_above_bar)
@@ -154,7 +165,8 @@ def _generate(config: Config, setup: EngineSetup, options: RunOptions, store: Ch
                                 thinking=config.prompt.enable_thinking, in_flight=config.run.in_flight,
                                 progress=progress, postprocess=stage.postprocess)
                 with prefetched(rendered, depth=RENDER_AHEAD) as rest:
-                    prompts = itertools.chain(head, rest)
+                    prompts = itertools.chain(_drained(head), rest)
+                    del head  # each prompt (and its clip's samples) is let go as the runner takes it
                     if stage.feed is None:
                         runner.run(prompts)
                     else:
@@ -168,6 +180,11 @@ def _generate(config: Config, setup: EngineSetup, options: RunOptions, store: Ch
                     engine.close()
     finally:
         watchdog.close()
+
+
+def _drained(items: collections.deque[T]) -> Iterator[T]:
+    while items:
+        yield items.popleft()
 
 
 def _see_log(options: RunOptions) -> str:

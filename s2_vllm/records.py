@@ -238,7 +238,9 @@ def _describe_rows(spec: SourceSpec) -> _Rows | None:
     if not all(stage_of((read_manifest(p) or {}).get("fingerprint")) == "describe" for p in paths):
         if len(paths) > 1:
             raise InputError(f"{pattern} matches {len(paths)} files; only `s2-vllm describe` shards are merged")
-        return None
+        return None if paths[0] == pattern else _read(Path(paths[0]), spec.format)
+    if spec.name == "subtitle":
+        raise InputError(f"{pattern} holds clip descriptions (s2-vllm describe), not subtitles: give it as --audio")
     check_one_run([Path(p) for p in paths])
     rows, _ = merge_rows([Path(p) for p in paths])
     ok = [{spec.id_key: row.file_id, spec.text_key: row.final_description} for row in rows if row.status == "ok"]

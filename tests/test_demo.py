@@ -53,7 +53,7 @@ def test_demo_from_audio_describes_fuses_and_exports(tiny_model, tiny_omni, tmp_
                          timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     d = tmp_path / "d"
-    assert sorted(p.suffix for p in (d / "clips").iterdir()) == [".flac"] * 3 + [".mp4"] * 2 + [".wav"] * 3
+    assert sorted(p.suffix for p in (d / "demo-clips").iterdir()) == [""] + [".flac"] * 3 + [".mp4"] * 2 + [".wav"] * 3
     step1 = orjson.loads((d / "audio_descriptions.json").read_bytes())
     assert step1 and set(step1[0]) == {"file_id", "generated_text"}
     fused = [orjson.loads(line) for line in (d / "s2_final_descriptions.jsonl").read_bytes().splitlines()]

@@ -54,14 +54,16 @@ def test_clips_join_their_subtitles_by_id(tmp_path):
     subs = tmp_path / "subs.json"
     subs.write_bytes(orjson.dumps([{"file_id": "a", "english_transcription": "Hello."},
                                    {"file_id": "c", "english_transcription": ""}, {"file_id": "z", "english_transcription": "?"}]))
-    config = describe_stage(Config(), ClipInputs((str(tmp_path),), subtitles=str(subs))).configure(Config(), print)
+    two = Config()
+    two.audio.decode_workers = 2  # the default depends on the vLLM build (1 on its CPU build)
+    config = describe_stage(two, ClipInputs((str(tmp_path),), subtitles=str(subs))).configure(two, print)
     echoed: list[str] = []
     records = clip_records(config, ClipInputs((str(tmp_path),), subtitles=str(subs)), echoed.append)
     assert records == [Record("a", {"subtitle": "Hello."}, clip=str(tmp_path / "a.wav")),
                        Record("c", {"subtitle": ""}, "empty text in subtitle", clip=str(tmp_path / "c.wav"))]
     assert echoed == [
         f"found 3 clips in {tmp_path}",
-        "clips are decoded to 16000 Hz mono by 1 process, at most 64 ahead of the engine; a clip over 30 s: cut to "
+        "clips are decoded to 16000 Hz mono by 2 processes, at most 64 ahead of the engine; a clip over 30 s: cut to "
         "30 s and marked truncated",
         f"subtitles: 2 of the clips have one in {subs}; 1 without are left out",
     ]
@@ -220,3 +222,13 @@ def test_the_omni_7b_stand_in_has_its_shape_and_a_token_for_every_row(tmp_path):
     assert prompt.token_ids.count(thinker.audio_token_index) == 1 == prompt.token_ids.count(
         tokenizer.convert_tokens_to_ids("<|AUDIO|>"))
     assert check_engine_config(config)["load_format"] == "dummy"  # vLLM's EngineArgs accept it, no weights needed
+
+
+def test_a_describe_checkpoint_is_not_taken_as_subtitles(tmp_path, monkeypatch, tiny_model):
+    monkeypatch.chdir(tmp_path)
+    write_describe_checkpoint(tmp_path / "d.jsonl", [Row("s1", "calm")])
+    Path("a.json").write_text('[{"file_id": "s1", "generated_text": "calm"}]')
+    result = CliRunner().invoke(cli, ["render", "--audio", "a.json", "--subtitles", "d.jsonl", "--model",
+                                      str(tiny_model)])
+    assert (result.exit_code, result.stderr) == (
+        2, "Error: d.jsonl holds clip descriptions (s2-vllm describe), not subtitles: give it as --audio\n")

@@ -59,9 +59,10 @@ def described(tmp_path_factory, tiny_omni):
     write_silent_video(clips / "more" / "silent.mp4")
     (folder / "describe.toml").write_text(CONFIG)
     out = folder / "audio_descriptions.jsonl"
-    # One clip in flight at a time: rows arrive at a steady pace, so the kill lands mid-run.
+    # One clip in flight at a time: rows arrive at a steady pace, so the kill lands mid-run. Two clips decoded
+    # ahead: all but the first two go through the pool of worker processes and the runner's wait for them.
     args = ["describe", str(clips), "--model", str(tiny_omni), "--config", str(folder / "describe.toml"),
-            "--no-progress", "--in-flight", "1", "-o", str(out)]
+            "--no-progress", "--decode-ahead", "2", "--in-flight", "1", "-o", str(out)]
     process = cli(*args, start_new_session=True)
     assert wait_for_rows(out, 4, process), process.communicate()[1].decode()[-3000:]
     engines = engine_processes(process.pid)

@@ -99,9 +99,9 @@ def _check_riff_size(path: str) -> None:
     with open(path, "rb") as f:
         head = f.read(12)
     if len(head) == 12 and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-        declared = int.from_bytes(head[4:8], "little") + 8
-        size = os.path.getsize(path)
-        if size < declared:
+        field = int.from_bytes(head[4:8], "little")
+        declared, size = field + 8, os.path.getsize(path)
+        if field not in (0, 0xFFFFFFFF) and size < declared - 1:  # 0 / FFFFFFFF: written to a pipe, size unknown
             raise ClipError(f"the file is truncated: its header says {declared} bytes, it has {size}")
 
 
@@ -134,25 +134,33 @@ def _with_av(path: str, rate: int, max_seconds: float, cut: bool) -> Decoded:
         known = _duration(container, stream)
         if known is not None and known > max_seconds and not cut:
             raise _too_long(known, max_seconds)
+        estimated = container.format.name in ("aac", "mp3")  # a length FFmpeg guessed from the bitrate
         limit = int(max_seconds * rate)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-        parts, whole = [], 0
+        parts, kept, whole, stopped = [], 0, 0, False
+
+        def keep(out: Any) -> None:
+            nonlocal kept, whole
+            if kept <= limit:  # past the limit only the length counts: memory stays at max_seconds
+                parts.append(out.to_ndarray()[0])
+                kept += out.samples
+            whole += out.samples
+
         try:
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
-                    parts.append(out.to_ndarray()[0])
-                    whole += out.samples
-                if whole > limit and known is not None:
+                    keep(out)
+                if whole > limit and known is not None and not estimated:
+                    stopped = True
                     break  # the rest would be cut anyway, and its length is known
             for out in resampler.resample(None):
-                parts.append(out.to_ndarray()[0])
-                whole += out.samples
+                keep(out)
         except Exception as exc:  # a damaged or cut file: half a clip would be described as if it were whole
             raise ClipError(f"the audio track is damaged after {whole / rate:.1f} s ({_av_reason(exc)})") from None
         samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-    if known is not None and whole < (min(known, max_seconds) - 0.1) * rate:
+    if known is not None and not estimated and whole < (min(known, max_seconds) - 0.1) * rate:
         raise ClipError(f"the file is truncated: {whole / rate:.1f} s of its {known:.1f} s decode")
-    seconds = known if known is not None else whole / rate
+    seconds = known if stopped else whole / rate
     if seconds > max_seconds and not cut:
         raise _too_long(seconds, max_seconds)
     return Decoded(np.ascontiguousarray(samples[:limit], dtype=np.float32), rate, seconds, seconds > max_seconds)

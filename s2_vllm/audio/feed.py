@@ -10,10 +10,14 @@ finds the next clips ready instead of waiting on a file. The workers are process
 from __future__ import annotations
 
 import dataclasses
-from collections import deque
-from collections.abc import Iterable, Iterator
+import os
 import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from s2_vllm.audio.decode import ClipError, Decoded, decode
 from s2_vllm.errors import one_line
@@ -21,21 +25,27 @@ from s2_vllm.prompts import Prompt
 
 
 class ClipFeed:
-    def __init__(self, rate: int, max_seconds: float, *, cut: bool, workers: int = 2, ahead: int = 64,
-                 processes: bool = True):
+    def __init__(self, rate: int, max_seconds: float, *, cut: bool, workers: int | Callable[[], int] = 2,
+                 ahead: int = 64, processes: bool = True):
+        """`workers`: a number, or a function that gives it when the pool starts (after the engine's checks)."""
         self.rate, self.max_seconds, self.cut = rate, max_seconds, cut
-        self.workers, self.ahead, self.processes = workers, max(ahead, workers), processes
+        self._workers, self.ahead, self.processes = workers, ahead, processes
+
+    @property
+    def workers(self) -> int:
+        return self._workers() if callable(self._workers) else self._workers
 
     def _decode(self, pool: Executor, path: str) -> Future[Decoded]:
         return pool.submit(decode, path, self.rate, self.max_seconds, cut=self.cut)
 
     def _pool(self) -> Executor:
+        workers = self.workers
         if not self.processes:
-            return ThreadPoolExecutor(self.workers, thread_name_prefix="s2-vllm-decode")
+            return ThreadPoolExecutor(workers, thread_name_prefix="s2-vllm-decode")
         import multiprocessing
 
-        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_ignore_interrupts)
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_worker, initargs=(os.getpid(),))
 
     def prepare(self, prompts: list[Prompt]) -> list[Prompt]:
         """The first `ahead` clips of `prompts` decoded in this thread (before the engine starts: no pool yet, and
@@ -112,7 +122,30 @@ class ClipStream(Iterator[Prompt]):
         if not self.pending:
             raise StopIteration
         prompt, future = self.pending.popleft()
+        if future is not None and _broke(future):
+            future = self._after_crash(prompt)
         return prompt if future is None else self.feed._attach(prompt, future)
+
+    def _after_crash(self, prompt: Prompt) -> Future[Decoded]:
+        """A worker process died (a decoder crash, the OOM killer): every queued decode failed with it. A new pool
+        decodes this clip alone; only if it breaks that one too is the clip to blame. The others go again."""
+        assert self.pool is not None
+        for attempt in range(2):
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self.feed._pool()
+            future = self.feed._decode(self.pool, str(prompt.clip))
+            if not _broke(future):
+                break
+        else:
+            failed: Future[Decoded] = Future()
+            failed.set_exception(ClipError("the decoder's process died on this clip (a crash in FFmpeg or "
+                                           "libsndfile, or out of memory)"))
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self.feed._pool()
+            future = failed
+        self.pending = deque((p, None if f is None else self.feed._decode(self.pool, str(p.clip)))
+                             for p, f in self.pending)
+        return future
 
     def __enter__(self) -> ClipStream:
         return self
@@ -126,6 +159,34 @@ class ClipStream(Iterator[Prompt]):
             self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _ignore_interrupts() -> None:
-    """A worker leaves Ctrl-C (sent to the whole process group) to the run, which stops it."""
+def _broke(future: Future[Decoded]) -> bool:
+    """Waits for `future`; True when its worker process died under it."""
+    try:
+        future.result()
+    except BrokenProcessPool:
+        return True
+    except Exception:
+        pass
+    return False
+
+
+def _start_worker(run: int) -> None:
+    """A worker leaves Ctrl-C and SIGTERM (sent to the whole process group, or by scancel to every process of the
+    job) to the run, which stops its pool. It dies with the run: a worker holds both ends of its task queue, so a
+    run killed outright (SIGKILL, the OOM killer) would leave it waiting there forever."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        threading.Thread(target=_exit_when_orphaned, args=(run,), daemon=True).start()
+    if os.getppid() != run:  # the run died before the line above
+        os._exit(0)
+
+
+def _exit_when_orphaned(run: int) -> None:
+    while os.getppid() == run:
+        time.sleep(1.0)
+    os._exit(0)

@@ -31,7 +31,9 @@ class SourceSpec:
         "`subtitle`)", fp="placeholder")
     id_key: str = key("file_id", "Field (JSON) or column (CSV) holding the id the sources are joined on.",
                       **_NON_EMPTY, fp="id_key")
-    text_key: str = key("text", "Field or column holding the text.", **_NON_EMPTY, fp="text_key")
+    text_key: str = key("text", "Field or column holding the text.", **_NON_EMPTY, fp="text_key",
+                        default_doc="`\"text\"`; for `audio` and `subtitle`, the default source's (`generated_text`, "
+                        "`english_transcription`)")
     path: str | None = key(None, "The input file; `--audio`, `--subtitles` or `--source NAME=PATH` override it.",
                            default_doc="none: give it by flag")
     format: str | None = key(None, "The file's format.", choices=SOURCE_FORMATS,
