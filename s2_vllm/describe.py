@@ -30,6 +30,7 @@ STAGE = "describe"
 DEFAULT_MODEL = "Qwen/Qwen2.5-Omni-7B"  # its thinker: vLLM loads no talker for text output
 DEFAULT_OUTPUT = "audio_descriptions.jsonl"
 AUDIO_TOKENS_PER_SECOND = 25  # Qwen2.5-Omni and Qwen2-Audio: 100 mel frames/s, pooled 4:1
+WHISPER_SECONDS = 30  # what their feature extractor reads of a clip
 Echo = Callable[[str], None]
 
 # Our wording, after the paper's acoustic-clue prompts: the cues in the voice, then what they suggest.
@@ -163,6 +164,10 @@ def clip_records(config: Config, inputs: ClipInputs, echo: Echo) -> list[Record]
               else "an error row (too_long = \"error\")")
     workers = decode_workers(config)
     kind = config.audio.decode_in if workers != 1 else {"processes": "process", "threads": "thread"}[config.audio.decode_in]
+    if config.audio.max_seconds > WHISPER_SECONDS:
+        echo(f"warning: max_seconds is {config.audio.max_seconds:g}, but vLLM's Whisper-style feature extractor "
+             f"(Qwen2.5-Omni, Qwen2-Audio) reads {WHISPER_SECONDS} s: those models drop the rest of a longer clip, "
+             "and its row is not marked")
     echo(f"clips are decoded to {config.audio.sample_rate} Hz mono by {workers} {kind}, "
          f"at most {config.audio.decode_ahead} ahead of the engine; a clip over {limit}: {policy}")
     if not config.sources:

@@ -275,11 +275,12 @@ class CrashingFeed(ClipFeed):
         return pool.submit(_decode_or_die, path, self.rate, self.max_seconds, self.cut)
 
 
-def test_a_worker_that_dies_fails_its_clip_alone(tmp_path):
+@pytest.mark.parametrize("ahead", [1, 2, 4])  # 1 and 2: clips are submitted to the pool after it broke
+def test_a_worker_that_dies_fails_its_clip_alone(tmp_path, ahead):
     for name in ("a", "b", "c", "d", "crash"):
         write_clip(tmp_path / f"{name}.wav", 300, 0.5)
     prompts = [Prompt(n, "t", [1], clip=str(tmp_path / f"{n}.wav")) for n in ("a", "crash", "b", "c", "d")]
-    with CrashingFeed(16000, 30, cut=True, workers=2, ahead=4, processes=True).stream(prompts) as stream:
+    with CrashingFeed(16000, 30, cut=True, workers=2, ahead=ahead, processes=True).stream(prompts) as stream:
         got = list(stream)
     assert [p.file_id for p in got] == ["a", "crash", "b", "c", "d"]
     assert [p.error for p in got] == [None, "the decoder's process died on this clip (a crash in FFmpeg or "

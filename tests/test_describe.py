@@ -232,3 +232,14 @@ def test_a_describe_checkpoint_is_not_taken_as_subtitles(tmp_path, monkeypatch, 
                                       str(tiny_model)])
     assert (result.exit_code, result.stderr) == (
         2, "Error: d.jsonl holds clip descriptions (s2-vllm describe), not subtitles: give it as --audio\n")
+
+
+def test_a_limit_over_what_the_feature_extractor_reads_is_warned_about(tmp_path):
+    write_clip(tmp_path / "a.wav", 300, 0.5)
+    config = Config()
+    config.audio.max_seconds, config.audio.decode_workers, config.sources = 60.0, 1, []
+    echoed: list[str] = []
+    clip_records(config, ClipInputs((str(tmp_path),)), echoed.append)
+    assert echoed[1] == ("warning: max_seconds is 60, but vLLM's Whisper-style feature extractor (Qwen2.5-Omni, "
+                         "Qwen2-Audio) reads 30 s: those models drop the rest of a longer clip, and its row is not marked")
+    assert echoed[2].endswith("a clip over 60 s: cut to 60 s and marked truncated")

@@ -108,9 +108,17 @@ class ClipStream(Iterator[Prompt]):
             elif not self.feed._wants(prompt):
                 self.pending.append((prompt, None))  # nothing to decode: skipped, too long, decoded already
             else:
-                if self.pool is None:
-                    self.pool = self.feed._pool()
-                self.pending.append((prompt, self.feed._decode(self.pool, str(prompt.clip))))
+                self.pending.append((prompt, self._submit(prompt)))
+
+    def _submit(self, prompt: Prompt) -> Future[Decoded]:
+        if self.pool is None:
+            self.pool = self.feed._pool()
+        try:
+            return self.feed._decode(self.pool, str(prompt.clip))
+        except BrokenProcessPool as exc:  # a worker died since the last look: __next__ rebuilds the pool
+            broken: Future[Decoded] = Future()
+            broken.set_exception(exc)
+            return broken
 
     def ready(self) -> bool:
         """True when next() will not wait on a clip (it may still say the prompts are used up)."""
@@ -128,24 +136,22 @@ class ClipStream(Iterator[Prompt]):
 
     def _after_crash(self, prompt: Prompt) -> Future[Decoded]:
         """A worker process died (a decoder crash, the OOM killer): every queued decode failed with it. A new pool
-        decodes this clip alone; only if it breaks that one too is the clip to blame. The others go again."""
+        decodes this clip alone; only if it dies again is the clip to blame. The other clips go again."""
         assert self.pool is not None
-        for attempt in range(2):
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = self.feed._pool()
-            future = self.feed._decode(self.pool, str(prompt.clip))
-            if not _broke(future):
-                break
-        else:
-            failed: Future[Decoded] = Future()
-            failed.set_exception(ClipError("the decoder's process died on this clip (a crash in FFmpeg or "
+        self._renew_pool()
+        future = self._submit(prompt)
+        if _broke(future):
+            future = Future()
+            future.set_exception(ClipError("the decoder's process died on this clip (a crash in FFmpeg or "
                                            "libsndfile, or out of memory)"))
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = self.feed._pool()
-            future = failed
-        self.pending = deque((p, None if f is None else self.feed._decode(self.pool, str(p.clip)))
-                             for p, f in self.pending)
+            self._renew_pool()
+        self.pending = deque((p, f if f is None or _decoded(f) else self._submit(p)) for p, f in self.pending)
         return future
+
+    def _renew_pool(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = self.feed._pool()
 
     def __enter__(self) -> ClipStream:
         return self
@@ -157,6 +163,11 @@ class ClipStream(Iterator[Prompt]):
         self.pending.clear()
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _decoded(future: Future[Decoded]) -> bool:
+    """Done in a pool that was still whole: its result (or the clip's own error) stands."""
+    return future.done() and not future.cancelled() and not isinstance(future.exception(), BrokenProcessPool)
 
 
 def _broke(future: Future[Decoded]) -> bool:
