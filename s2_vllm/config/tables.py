@@ -16,6 +16,7 @@ from s2_vllm.template import DEFAULT_TEMPLATE
 ON_DUPLICATE = ("error", "first", "last")
 SOURCE_FORMATS = ("json", "jsonl", "csv")
 ENGINES = ("vllm", "hf")
+SAMPLERS = ("s2", "vllm", "unseeded")
 _NON_EMPTY = {"pattern": r"(?s).+", "expect": "a non-empty string"}
 
 
@@ -80,6 +81,12 @@ class SamplingConfig:
                     "so a record's output depends on neither its position in the file nor on resuming.",
                     fp="sampling.seed")
     ignore_eos: bool = key(False, "Always generate `max_tokens` tokens. Benchmarks only.", fp="sampling.ignore_eos")
+    sampler: str = key("s2", "How vLLM samples when temperature > 0. `s2`: s2-vllm's batched sampler; each record's "
+                       "draws come from its own seed alone, in one tensor pass per step (needs top_k >= 1 and no "
+                       "penalties, else `vllm` is used and the header says why). `vllm`: vLLM's sampler with a "
+                       "seed per record (a generator per request: slower). `unseeded`: vLLM's sampler without "
+                       "per-record seeds: a record's text then depends on its batch and changes on resume. "
+                       "The hf engine ignores it.", choices=SAMPLERS, fp="sampling.sampler")
 
     @property
     def greedy(self) -> bool:

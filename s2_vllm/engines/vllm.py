@@ -23,6 +23,7 @@ from typing import Any, Callable
 from s2_vllm.config import EngineConfig, SamplingConfig
 from s2_vllm.engines import vllm_api
 from s2_vllm.engines.base import Completion, Engine, GenerationRequest
+from s2_vllm.engines.seeded_sampling import SamplerPlan, plan
 from s2_vllm.engines.vllm_cpu import PlatformSettings, settings_here
 from s2_vllm.errors import ConfigError, EngineError, cause_line, one_line
 
@@ -137,9 +138,12 @@ def _validate_engine_kwargs(kwargs: dict[str, Any], extra_keys: set[str]) -> Non
         raise ConfigError(f"vLLM rejects the [engine] settings: {one_line(exc, whole=True)}") from None
 
 
-def sampling_params(s: SamplingConfig, seed: int) -> Any:
+def sampling_params(s: SamplingConfig, seed: int, kind: str | None = None) -> Any:
     """The `vllm.SamplingParams` for one record; vLLM's own checks become a ConfigError.
 
+    `kind`: the sampler (`seeded_sampling.plan`; None: the plan for `s`). "s2" sends the request to
+    vLLM as greedy, with its seed and sampling settings in `extra_args` for s2-vllm's
+    `SeededSampler`; "vllm" gives vLLM the record's seed; "greedy" and "unseeded" give none.
     top_k = 0 (or -1) turns top-k off, as in vLLM. Only the final output of each request
     is reported (`RequestOutputKind.FINAL_ONLY`, as `LLM.generate()` does), so `step()`
     does not build partial outputs for every running request.
@@ -147,24 +151,37 @@ def sampling_params(s: SamplingConfig, seed: int) -> Any:
     _import_vllm()
     from vllm import SamplingParams
 
+    kind = plan(s).kind if kind is None else kind
+    draw = {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "min_p": s.min_p}
+    extra = {}
+    if kind == "s2":
+        extra = {"extra_args": {vllm_api.SAMPLER_EXTRA: [seed, s.temperature, s.top_k, s.top_p, s.min_p]}}
+        draw = {"temperature": 0.0}
     try:
         return SamplingParams(
-            temperature=s.temperature,
-            top_p=s.top_p,
-            top_k=s.top_k,
-            min_p=s.min_p,
+            **draw,
             repetition_penalty=s.repetition_penalty,
             presence_penalty=s.presence_penalty,
             frequency_penalty=s.frequency_penalty,
             max_tokens=s.max_tokens,
             stop=list(s.stop) or None,
-            seed=seed,
+            seed=seed if kind == "vllm" else None,
             ignore_eos=s.ignore_eos,
             skip_special_tokens=True,
+            **extra,
             **vllm_api.final_only(),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid [sampling] value: {one_line(exc, whole=True)}") from None
+
+
+def sampler_plan(s: SamplingConfig, kwargs: dict[str, Any]) -> SamplerPlan:
+    """The run's sampler on this vLLM; with "s2", `kwargs` (vllm.LLM's) get s2-vllm's logits processor."""
+    ready, why = vllm_api.sampler_ready()
+    chosen = plan(s, None if ready else f"this vLLM cannot run it: {why}")
+    if chosen.kind == "s2":
+        kwargs["logits_processors"] = [*(kwargs.get("logits_processors") or []), vllm_api.SAMPLER_CLASS]
+    return chosen
 
 
 class VLLMEngine(Engine):
@@ -201,6 +218,7 @@ class VLLMEngine(Engine):
         platform = settings_here(engine) if platform is None else platform
         os.environ.update(platform.env)  # before the engine starts its processes, which inherit it
         kwargs.update(platform.engine_args)
+        self._plan = sampler_plan(sampling, kwargs)
         factory = llm_factory if llm_factory is not None else vllm.LLM
         try:
             self._llm = factory(**kwargs)
@@ -218,12 +236,12 @@ class VLLMEngine(Engine):
         return self._in_flight
 
     def notes(self) -> list[str]:
-        return self._internals.header_lines()
+        return self._internals.header_lines() + ([self._plan.note] if self._plan.note else [])
 
     def add(self, request: GenerationRequest) -> None:
         if request.key in self._running:
             raise ValueError(f"request '{request.key}' is already in flight")
-        params = sampling_params(self._sampling, request.seed)
+        params = sampling_params(self._sampling, request.seed, self._plan.kind)
         # An engine input ("type": "token"), not a raw prompt dict: vLLM then neither re-processes
         # the prompt nor warns that raw prompts are deprecated.
         if request.audio is None:

@@ -17,6 +17,7 @@ releases, so each is checked where it is used:
 from __future__ import annotations
 
 import inspect
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +49,12 @@ PLATFORM = Internal("platform", "vllm.platforms.current_platform.is_cpu()",
                     "vLLM's CPU build is not recognised, so s2-vllm's CPU settings are not applied")
 OUTPUT_KIND = Internal("output_kind", "vllm.sampling_params.RequestOutputKind.FINAL_ONLY",
                        "step() builds partial outputs of every running request")
-INTERNALS = (TOKENS, DEATH, SEQS, SHUTDOWN, DEAD_ERROR, ENGINE_ARGS, PLATFORM, OUTPUT_KIND)
+SAMPLER = Internal("sampler", "vllm.v1.sample.logits_processor (LogitsProcessor, BatchUpdate, MoveDirectionality), "
+                   "SamplingParams.extra_args and EngineArgs.logits_processors",
+                   "per-record seeds go through vLLM's per-request generators (slower)")
+INTERNALS = (TOKENS, DEATH, SEQS, SHUTDOWN, DEAD_ERROR, ENGINE_ARGS, PLATFORM, OUTPUT_KIND, SAMPLER)
+SAMPLER_EXTRA = "s2_vllm_sample"  # SamplingParams.extra_args key: [seed, temperature, top_k, top_p, min_p]
+SAMPLER_CLASS = f"{__name__}:SeededSampler"  # how vLLM's engine process finds it (EngineArgs.logits_processors)
 
 
 def version() -> str:
@@ -143,9 +149,34 @@ def static_problems() -> dict[str, str]:
 
     for internal, test in ((TOKENS, tokens), (DEATH, death), (SEQS, seqs), (SHUTDOWN, shutdown),
                            (DEAD_ERROR, dead_error), (ENGINE_ARGS, engine_args), (PLATFORM, platform),
-                           (OUTPUT_KIND, output_kind)):
+                           (OUTPUT_KIND, output_kind), (SAMPLER, sampler_ready)):
         check(internal, test)
     return problems
+
+
+def sampler_ready() -> tuple[bool, str]:
+    """Whether this vLLM can run s2-vllm's seeded sampler (`SeededSampler`), and if not why."""
+    import dataclasses
+    import importlib
+
+    try:
+        from vllm import SamplingParams
+        from vllm.engine.arg_utils import EngineArgs
+
+        lp = importlib.import_module("vllm.v1.sample.logits_processor")
+    except Exception as exc:
+        return False, f"{type(exc).__name__}: {exc}"
+    for name in ("LogitsProcessor", "BatchUpdate", "MoveDirectionality"):
+        if not hasattr(lp, name):
+            return False, f"vllm.v1.sample.logits_processor.{name} not found"
+    if not hasattr(lp.MoveDirectionality, "SWAP") or not {"removed", "added", "moved"} <= {
+            f.name for f in dataclasses.fields(lp.BatchUpdate)}:
+        return False, "BatchUpdate/MoveDirectionality changed shape"
+    if "logits_processors" not in {f.name for f in dataclasses.fields(EngineArgs)}:
+        return False, "EngineArgs has no logits_processors"
+    if getattr(SamplingParams(extra_args={"x": 1}), "extra_args", None) != {"x": 1}:
+        return False, "SamplingParams has no extra_args"
+    return True, ""
 
 
 # ---------------------------------------------------------------- module-level names
@@ -202,6 +233,94 @@ def is_engine_dead_error(exc: BaseException) -> bool:
     except Exception:
         return False
     return isinstance(exc, EngineDeadError)
+
+
+def __getattr__(name: str) -> Any:
+    """`SeededSampler` is built on first use, so that importing this module imports neither vLLM nor torch."""
+    if name == "SeededSampler":
+        globals()[name] = cls = _seeded_sampler_class()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _seeded_sampler_class() -> type:
+    """vLLM's logits-processor form of `seeded_sampling.choose_tokens`, run inside the engine process.
+
+    A request that carries `extra_args[SAMPLER_EXTRA]` is sent to vLLM as greedy: this processor
+    draws its token and leaves every other logit at -inf, so vLLM's argmax takes that token.
+    Requests without it are left alone. vLLM calls `update_state` with the batch's changes
+    (removed, added, moved, in that order) and `apply` on each step's logits.
+    """
+    import torch
+    from vllm.v1.sample.logits_processor import LogitsProcessor, MoveDirectionality
+
+    from s2_vllm.engines.seeded_sampling import choose_tokens
+
+    class SeededSampler(LogitsProcessor):
+        def __init__(self, vllm_config: Any, device: Any, is_pin_memory: bool) -> None:
+            print(f"s2-vllm: sampling with SeededSampler ({SAMPLER_CLASS}) on {device}", file=sys.stderr, flush=True)
+            self.device = device
+            self.rows: dict[int, tuple] = {}  # batch index -> (seed, temperature, top_k, top_p, min_p, output ids)
+            self.batch: tuple | None = None  # the rows as tensors, rebuilt when the batch changes
+
+        @classmethod
+        def validate_params(cls, params: Any) -> None:
+            spec = (params.extra_args or {}).get(SAMPLER_EXTRA)
+            if spec is not None and not (isinstance(spec, (list, tuple)) and len(spec) == 5 and spec[2] >= 1):
+                raise ValueError(f"extra_args[{SAMPLER_EXTRA!r}] must be [seed, temperature, top_k >= 1, top_p, min_p]")
+
+        def is_argmax_invariant(self) -> bool:
+            return False  # it decides the argmax
+
+        def update_state(self, update: Any) -> None:
+            if update is None:
+                return
+            rows = self.rows
+            for i in update.removed:
+                rows.pop(i, None)
+            for i, params, _prompt, output in update.added:
+                spec = (getattr(params, "extra_args", None) or {}).get(SAMPLER_EXTRA)
+                if spec is None:
+                    rows.pop(i, None)
+                else:
+                    rows[i] = (*spec, output)
+            for a, b, how in update.moved:
+                first, second = rows.pop(a, None), rows.pop(b, None)
+                if first is not None:
+                    rows[b] = first
+                if second is not None and how == MoveDirectionality.SWAP:
+                    rows[a] = second
+            self.batch = None
+
+        def apply(self, logits: Any) -> Any:
+            if not self.rows:
+                return logits
+            if self.batch is None:
+                order = sorted(self.rows)
+                specs = [self.rows[i] for i in order]
+
+                def column(j: int, dtype: Any) -> Any:
+                    return torch.tensor([s[j] for s in specs], dtype=dtype, device=self.device)
+
+                self.batch = (order, torch.tensor(order, device=self.device), column(0, torch.int64),
+                              column(1, torch.float32), column(2, torch.int64), column(3, torch.float32),
+                              column(4, torch.float32), [s[5] for s in specs], max(s[2] for s in specs),
+                              any(s[3] < 1 for s in specs), any(s[4] > 0 for s in specs))
+            order, index, seeds, temperature, top_k, top_p, min_p, outputs, k_max, use_top_p, use_min_p = self.batch
+            positions = torch.tensor([len(o) for o in outputs], dtype=torch.int64).to(self.device, non_blocking=True)
+            whole = len(order) == logits.shape[0] and order[-1] == len(order) - 1
+            tokens = choose_tokens(logits if whole else logits[index], seeds, positions, temperature, top_k, top_p,
+                                   min_p, k_max=k_max, use_top_p=use_top_p, use_min_p=use_min_p)
+            if whole:
+                logits.fill_(float("-inf"))
+                logits.scatter_(1, tokens[:, None], 0.0)
+            else:
+                logits[index] = float("-inf")
+                logits[index, tokens] = 0.0
+            return logits
+
+    SeededSampler.__module__, SeededSampler.__qualname__ = __name__, "SeededSampler"
+    return SeededSampler
 
 
 # ---------------------------------------------------------------- one started engine
