@@ -21,6 +21,7 @@ from s2_vllm.engines import (
     create_engine,
     platform_settings,
 )
+from s2_vllm.engines.parallel import check_shape
 from s2_vllm.errors import EngineError, UserError
 from s2_vllm.model_config import read_model_config
 from s2_vllm.progress import ProgressBar, RunStats, say_above_bar, summary_lines
@@ -133,6 +134,8 @@ def _generate(config: Config, setup: EngineSetup, options: RunOptions, store: Ch
     store.write_summary(stats.summary(config.run.engine))
     # The checkpoint's lock is ours, so an engine on this list belongs to a run that is gone.
     stop_leftovers(store.files.engine_pids, echo)
+    if config.run.engine == "vllm":
+        check_shape(config.engine, setup.model_config)
     platforms = platform_settings(config, setup.model_config)
     if platforms:
         for note in platforms[0].notes:

@@ -31,12 +31,15 @@ MODES = {  # name: what the row measures
     "hf": "s2-vllm hf engine (transformers, batched)",
     "paper": "vLLM generate over chunks of 8 prompts, saved at the end (OV-MER merge.py)",
     "plain": "vLLM: one LLM.generate over all prompts (per-record seeds), no checkpoint",
-    "s2": "s2-vllm run: checkpoint, continuous feeding, prefix caching",
+    "plain-unseeded": "vLLM: one LLM.generate over all prompts, one SamplingParams without a seed (what users run)",
+    "s2": "s2-vllm run: checkpoint, continuous feeding, prefix caching, s2-vllm's seeded sampler",
+    "s2-vllm-sampler": "s2-vllm run with [sampling] sampler = \"vllm\" (vLLM's per-request seeded generators)",
     "s2-noprefix": "s2-vllm run, prefix caching off",
     "s2-thinking": "s2-vllm run, thinking on, thinking-length outputs",
 }
 SAMPLING = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "seed": 0}  # s2-vllm's defaults, fixed seed
 KV_LOG = re.compile(r"GPU KV cache size: ([\d,]+) tokens")
+ATTENTION_LOG = re.compile(r"Using (\S+) attention backend")
 SMI = ["nvidia-smi", "-i", "0", "--query-gpu=memory.used", "--format=csv,noheader,nounits"]  # MiB, whole GPU
 
 
@@ -122,7 +125,7 @@ def s2_toml(spec: dict, mode: str) -> str:
         f"enforce_eager = {str(spec['enforce_eager']).lower()}",
         *(['load_format = "dummy"', f"gpu_memory_utilization = {spec['gpu_memory_utilization']}"] if cuda else []),
         "[sampling]", f"max_tokens = {spec['thinking_tokens' if thinking else 'max_tokens']}", "ignore_eos = true",
-        *(f"{k} = {v}" for k, v in SAMPLING.items()),
+        *(f"{k} = {v}" for k, v in SAMPLING.items()), f'sampler = "{"vllm" if mode == "s2-vllm-sampler" else "s2"}"',
         "[prompt]", f"enable_thinking = {str(thinking).lower()}",
         "[hf]", f"batch_size = {spec['hf_batch_size']}", f'device = "{spec["device"]}"', ""])
 
@@ -201,9 +204,10 @@ def from_summary(checkpoint: Path) -> dict:
             "wall_seconds": summary["wall_seconds"]}
 
 
-def run_vllm(spec: dict, n: int, paper: bool) -> dict:
+def run_vllm(spec: dict, n: int, paper: bool, seeded: bool = True) -> dict:
     """paper: OV-MER's merge loop: text prompts, generate() over chunks of 8, one JSON written at the end.
-    plain: vLLM's own throughput method: every prompt (token ids) in one generate() call, nothing saved."""
+    plain: vLLM's own throughput method: every prompt (token ids) in one generate() call, nothing saved;
+    with `seeded`, each record gets s2-vllm's per-record seed, else one SamplingParams has no seed."""
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -221,21 +225,25 @@ def run_vllm(spec: dict, n: int, paper: bool) -> dict:
     params = SamplingParams(max_tokens=spec["max_tokens"], ignore_eos=True, **SAMPLING)
     prompts = read_prompts(spec, n)
     # plain gets s2-vllm's per-record seeds, so both do the same sampling work; the paper's loop has one seed
-    seeded = [SamplingParams(max_tokens=spec["max_tokens"], ignore_eos=True,
-                             **(SAMPLING | {"seed": record_seed(SAMPLING["seed"], p["file_id"])})) for p in prompts]
-    token_prompts, start = [TokensPrompt(prompt_token_ids=p["ids"]) for p in prompts], time.perf_counter()
+    per_record = [SamplingParams(max_tokens=spec["max_tokens"], ignore_eos=True,
+                                 **(SAMPLING | {"seed": record_seed(SAMPLING["seed"], p["file_id"])})) for p in prompts]
+    unseeded = SamplingParams(max_tokens=spec["max_tokens"], ignore_eos=True, **(SAMPLING | {"seed": None}))
+    token_prompts = [TokensPrompt(prompt_token_ids=p["ids"]) for p in prompts]
+    if not paper:  # a few steps first, outside the clock: vLLM's CPU sampler compiles itself at its first step
+        llm.generate(token_prompts[:4], per_record[:4] if seeded else unseeded, use_tqdm=False)
+    start = time.perf_counter()
     if paper:
         outputs = [out for i in range(0, len(prompts), 8)
                    for out in llm.generate([p["text"] for p in prompts[i:i + 8]], params, use_tqdm=False)]
         saved = [{"file_id": p["file_id"], "final_description": o.outputs[0].text} for p, o in zip(prompts, outputs)]
         (Path(spec["work"]) / "paper.json").write_text(json.dumps(saved), "utf-8")
     else:
-        outputs = llm.generate(token_prompts, seeded, use_tqdm=False)
+        outputs = llm.generate(token_prompts, per_record if seeded else unseeded, use_tqdm=False)
     return {"records": len(outputs), "prompt_tokens": sum(len(o.prompt_token_ids) for o in outputs),
             "output_tokens": sum(len(o.outputs[0].token_ids) for o in outputs), "seconds": time.perf_counter() - start}
 
 
-REPEATED = ("paper", "plain", "s2", "s2-noprefix", "s2-thinking")  # what --repeat runs again
+REPEATED = ("paper", "plain", "plain-unseeded", "s2", "s2-vllm-sampler", "s2-noprefix", "s2-thinking")  # what --repeat runs again
 
 
 def keep_fastest(kept: dict | None, row: dict) -> dict:
@@ -261,7 +269,8 @@ def run_micro(spec: dict, n: int) -> dict:
 
 
 WORKERS = {"tutorial": run_tutorial, "hf": run_hf, "paper": lambda spec, n: run_vllm(spec, n, paper=True),
-           "plain": lambda spec, n: run_vllm(spec, n, paper=False), "micro": run_micro}
+           "plain": lambda spec, n: run_vllm(spec, n, paper=False),
+           "plain-unseeded": lambda spec, n: run_vllm(spec, n, paper=False, seeded=False), "micro": run_micro}
 
 
 def run_mode(mode: str, spec: dict, spec_path: Path, timeout: int) -> dict:
@@ -304,7 +313,25 @@ def run_mode(mode: str, spec: dict, spec_path: Path, timeout: int) -> dict:
     result = from_summary(output) if mode.startswith("s2") else json.loads((work / f"{mode}.result.json").read_text())
     used = [int(x) for x in (work / f"{mode}.memory").read_text().split() if x.isdigit()]
     kv = [int(x.replace(",", "")) for x in KV_LOG.findall(text)]
-    return result | {"peak_gpu_mib": max(used, default=None), "kv_cache_tokens": kv[-1] if kv else None}
+    return result | {"peak_gpu_mib": max(used, default=None), "kv_cache_tokens": kv[-1] if kv else None,
+                     **backends(text, spec["device"], mode)}
+
+
+def backends(log: str, device: str, mode: str) -> dict:
+    """The attention backend and the sampler a vLLM mode ran with, as its log says."""
+    if mode in ("tutorial", "hf", "micro"):
+        return {}
+    attention = ATTENTION_LOG.findall(log)
+    seeded = mode in ("plain", "s2-vllm-sampler") or (mode.startswith("s2") and "SeededSampler" not in log)
+    if "sampling with SeededSampler" in log:
+        sampler = "s2-vllm SeededSampler"
+    elif seeded:  # per-request generators: vLLM takes its PyTorch path whatever else is on
+        sampler = "vLLM PyTorch, per-request generators"
+    elif "Using FlashInfer for top-p & top-k sampling" in log:
+        sampler = "vLLM FlashInfer"
+    else:
+        sampler = "vLLM PyTorch" + (" (CPU)" if device == "cpu" else "")
+    return {"attention": attention[-1] if attention else ("CPU_ATTN" if device == "cpu" else None), "sampler": sampler}
 
 
 def roofline(shape: dict, p: float, t: int, micro: dict, kv_tokens: int | None, utilization: float) -> dict:
@@ -335,7 +362,7 @@ def finish(results: dict) -> None:
         if "seconds" in r:
             r.update(requests_per_s=r["records"] / r["seconds"], output_tok_s=r["output_tokens"] / r["seconds"],
                      total_tok_s=(r["prompt_tokens"] + r["output_tokens"]) / r["seconds"])
-    for base in ("plain", "tutorial"):  # ratios of output tokens/s: subsets of different sizes compare per token
+    for base in ("plain", "plain-unseeded", "tutorial"):  # ratios of output tokens/s: subsets of different sizes compare per token
         ref = rows.get(base, {}).get("output_tok_s")
         for r in rows.values():
             r[f"x_{base}"] = r["output_tok_s"] / ref if ref and "output_tok_s" in r else None
@@ -357,14 +384,15 @@ def markdown(results: dict) -> str:
     spec, micro, rl = results["spec"], results.get("micro") or {}, results.get("roofline")
     host = spec["host"]
     lines = ["| mode | what | records | wall s | req/s | output tok/s | total tok/s | peak GPU MiB (nvidia-smi) "
-             "| peak torch MiB | × plain | × tutorial |", "|" + " --- |" * 11]
+             "| peak torch MiB | × plain | × plain-unseeded | × tutorial | attention / sampler |", "|" + " --- |" * 13]
     for mode, r in results["rows"].items():
         if "error" in r:
-            cells = [f"failed: {r['error'].splitlines()[0][:150]}"] + [""] * 8
+            cells = [f"failed: {r['error'].splitlines()[0][:150]}"] + [""] * 10
         else:
             cells = [r["records"], fmt(r["seconds"]), fmt(r["requests_per_s"], 2), fmt(r["output_tok_s"]),
                      fmt(r["total_tok_s"]), fmt(r.get("peak_gpu_mib"), 0), fmt(r.get("torch_peak_mib"), 0),
-                     fmt(r["x_plain"], 4, "g"), fmt(r["x_tutorial"], 4, "g")]
+                     fmt(r["x_plain"], 4, "g"), fmt(r["x_plain-unseeded"], 4, "g"), fmt(r["x_tutorial"], 4, "g"),
+                     " / ".join(filter(None, (r.get("attention"), r.get("sampler")))) or "–"]
         lines.append(f"| {mode} | {MODES[mode]} | " + " | ".join(map(str, cells)) + " |")
     if any(len(r.get("trials", ())) > 1 for r in results["rows"].values()):
         lines += ["", "Each row is the fastest of its trials (generation seconds, in the order run): " + "; ".join(

@@ -99,3 +99,46 @@ def test_an_engine_core_in_this_process_has_no_process_to_watch():
                              vllm_config=SimpleNamespace(scheduler_config=SimpleNamespace(max_num_seqs=4)))
     internals = vllm_api.Internals(engine, problems={})
     assert internals.missing == {} and not internals.core_dead()
+
+
+def test_the_seeded_sampler_follows_the_batch_and_draws_each_managed_row():
+    """vLLM's BatchUpdate (removed, added, moved) kept row by row; rows without s2-vllm's extra_args untouched."""
+    import torch
+    from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+
+    from s2_vllm.config import SamplingConfig
+    from s2_vllm.engines.seeded_sampling import choose_tokens
+    from s2_vllm.engines.vllm import sampling_params
+
+    assert vllm_api.sampler_ready() == (True, "")
+    sampler = vllm_api.SeededSampler(None, torch.device("cpu"), False)
+    s = SamplingConfig(temperature=0.9, top_k=7, top_p=0.9)
+    ours = {seed: sampling_params(s, seed, "s2") for seed in (11, 22, 33)}
+    theirs = sampling_params(s, 44, "vllm")
+    outputs = {11: [1, 2], 22: [], 33: [5]}
+    sampler.update_state(BatchUpdate(4, [], [(0, ours[11], None, outputs[11]), (1, theirs, None, []),
+                                             (2, ours[22], None, outputs[22]), (3, ours[33], None, outputs[33])], []))
+
+    def expect(seed, row):
+        one = lambda v, dtype: torch.tensor([v], dtype=dtype)  # noqa: E731
+        return int(choose_tokens(row[None], one(seed, torch.int64), one(len(outputs[seed]), torch.int64),
+                                 one(0.9, torch.float32), one(7, torch.int64), one(0.9, torch.float32),
+                                 one(0.0, torch.float32), k_max=7))
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 300)
+    out = sampler.apply(logits.clone())
+    assert torch.equal(out[1], logits[1])  # vLLM's own seeded request
+    for row, seed in ((0, 11), (2, 22), (3, 33)):
+        assert out[row].argmax() == expect(seed, logits[row]) and torch.isfinite(out[row]).sum() == 1
+    outputs[22].append(9)  # a step later: the position moves on, so does the draw
+    sampler.update_state(BatchUpdate(3, [1], [], [(3, 1, MoveDirectionality.UNIDIRECTIONAL),
+                                                  (0, 2, MoveDirectionality.SWAP)]))
+    assert {i: r[0] for i, r in sampler.rows.items()} == {0: 22, 1: 33, 2: 11}
+    logits = torch.randn(3, 300)
+    out = sampler.apply(logits.clone())
+    assert [int(out[i].argmax()) for i in range(3)] == [expect(22, logits[0]), expect(33, logits[1]),
+                                                        expect(11, logits[2])]
+    p = sampling_params(s, 11, "s2")
+    assert (p.temperature, p.seed, p.extra_args[vllm_api.SAMPLER_EXTRA]) == (0.0, None, [11, 0.9, 7, 0.9, 0.0])
+    assert (theirs.seed, theirs.temperature, theirs.extra_args) == (44, 0.9, None)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from s2_vllm.config import EngineConfig
 from s2_vllm.engines.vllm_cpu import GiB, cpu_settings, kv_cache_ceiling
+from s2_vllm.errors import ConfigError
 
 FREE = 20 * GiB
 
@@ -62,8 +65,33 @@ def test_replicas_get_disjoint_cores():
     assert settings(cores=[0], replicas=2, replica=1).env["VLLM_CPU_OMP_THREADS_BIND"] == "0"  # fewer cores than replicas
 
 
-def test_tensor_parallel_binding_is_left_to_vllm():
-    assert "VLLM_CPU_OMP_THREADS_BIND" not in settings(EngineConfig(tensor_parallel_size=2)).env
+def test_tensor_and_pipeline_ranks_get_cores_of_their_own():
+    tp2 = settings(EngineConfig(tensor_parallel_size=2), needed=3 * GiB)
+    assert tp2.env["VLLM_CPU_OMP_THREADS_BIND"] == "0|1"
+    assert tp2.notes[-1] == "threads bound rank by rank, to cores 0|1 (VLLM_CPU_OMP_THREADS_BIND overrides)"
+    assert tp2.env["VLLM_CPU_KVCACHE_SPACE"] == "2" and "2 GiB per rank" in tp2.notes[1]  # half the heads each
+    pp2 = settings(EngineConfig(pipeline_parallel_size=2), cores=[0, 1, 2, 3, 4])
+    assert pp2.env["VLLM_CPU_OMP_THREADS_BIND"] == "0-2|3-4"
+    cores = list(range(8))  # 2 replicas of TP 2: each replica half the cores, each rank half of those
+    binds = [settings(EngineConfig(tensor_parallel_size=2), cores=cores, replicas=2, replica=i)
+             .env["VLLM_CPU_OMP_THREADS_BIND"] for i in range(2)]
+    assert binds == ["0-1|2-3", "4-5|6-7"]
+    assert settings(EngineConfig(tensor_parallel_size=2), cores=cores, replicas=2).notes[-1] == (
+        "threads bound replica by replica and rank by rank, to cores 0-1|2-3 ; 4-5|6-7 "
+        "(VLLM_CPU_OMP_THREADS_BIND overrides)")
+    given = settings(EngineConfig(tensor_parallel_size=2), {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}, cores=[0])
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in given.env  # the user's binding: not checked, not replaced
+
+
+def test_more_ranks_than_cores_is_refused_with_what_fits():
+    with pytest.raises(ConfigError) as err:
+        settings(EngineConfig(tensor_parallel_size=2), replicas=2)
+    assert str(err.value) == (
+        "tensor_parallel_size 2 x pipeline_parallel_size 1 x 2 replica(s) = 4 CPU worker processes, but 2 cores "
+        "are free for them: each rank needs a core of its own on vLLM's CPU build; at most 2 ranks x replicas, "
+        "e.g. tensor_parallel_size 2 x pipeline_parallel_size 1 with 1 replica(s)")
+    with pytest.raises(ConfigError, match=r"= 4 CPU worker processes, but 2 cores .*; at most 2 ranks in all"):
+        settings(EngineConfig(tensor_parallel_size=2, pipeline_parallel_size=2))
 
 
 def test_kv_cache_ceiling_reads_the_model_config(tiny_model):

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from s2_vllm.config import Config, EngineConfig, SamplingConfig, config_from_dict, load_config
+from s2_vllm.engines import vllm_api
 from s2_vllm.engines.base import GenerationRequest
 from s2_vllm.engines.vllm import VLLMEngine, engine_kwargs, sampling_params
 from s2_vllm.engines.vllm_cpu import PlatformSettings
@@ -292,7 +293,7 @@ def test_engine_passes_kwargs_to_factory_and_tokens_unchanged():
     (rid, prompt, params), = fake.added
     assert rid == "a"
     assert prompt == {"type": "token", "prompt_token_ids": [151644, 872, 198]}  # token ids: never text
-    assert isinstance(params, vllm.SamplingParams) and params.seed == 4242
+    assert isinstance(params, vllm.SamplingParams) and params.seed is None  # greedy: no seed to pass
     assert params.temperature == 0.0 and params.output_kind == RequestOutputKind.FINAL_ONLY
 
 
@@ -480,10 +481,52 @@ def test_shipped_config_builds_engine_and_sampling_args(path):
     kwargs = engine_kwargs(cfg.engine)
     assert kwargs["model"] == cfg.engine.model
     p = sampling_params(cfg.sampling, 123)
-    assert isinstance(p, vllm.SamplingParams) and p.seed == 123 and p.max_tokens == cfg.sampling.max_tokens
+    assert isinstance(p, vllm.SamplingParams) and p.max_tokens == cfg.sampling.max_tokens
+    # s2-vllm's sampler carries the record's seed in extra_args; vLLM's own gets it as its seed
+    assert (p.extra_args or {}).get(vllm_api.SAMPLER_EXTRA, [p.seed])[0] == 123
 
 
 def test_default_config_matches_qwen3_8b_file():
     shipped = load_config(REPO / "configs" / "qwen3-8b.toml")
     default = Config()
     assert shipped.fingerprint() == default.fingerprint() | {"max_model_len": 8192}
+
+
+# --- the sampler each setting gets -------------------------------------------------------------
+
+
+def test_sampled_records_go_to_s2_vllms_sampler_by_default():
+    eng, fake, built = make_engine(sampling=SamplingConfig(temperature=0.7, seed=3))
+    assert built[0].kwargs["logits_processors"] == [vllm_api.SAMPLER_CLASS]
+    eng.add(GenerationRequest("a", [1, 2, 3], 4242))
+    (_, _, params), = fake.added
+    assert (params.temperature, params.seed) == (0.0, None)  # vLLM's argmax takes the token the processor drew
+    assert params.extra_args == {vllm_api.SAMPLER_EXTRA: [4242, 0.7, 20, 0.8, 0.0]}
+    assert not any(n.startswith("sampling:") for n in eng.notes())  # the double's other lines: its missing internals
+
+
+@pytest.mark.parametrize(("sampling", "seed", "note"), [
+    (SamplingConfig(sampler="vllm"), 4242, "sampling: vLLM's sampler with a seed per record ([sampling] sampler = "
+                                           "\"vllm\"; a generator per request, slower than sampler = \"s2\")"),
+    (SamplingConfig(sampler="unseeded"), None, "sampling: vLLM's sampler without per-record seeds ([sampling] "
+                                               "sampler = \"unseeded\"): a record's text depends on its batch and "
+                                               "changes on resume"),
+    (SamplingConfig(top_k=0), 4242, "sampling: vLLM's sampler with a seed per record, not s2-vllm's (top_k is off; "
+                                    "s2-vllm's needs top_k >= 1 and no penalties): slower"),
+])
+def test_other_samplers_are_vllms_own_and_the_header_says_so(sampling, seed, note):
+    eng, fake, built = make_engine(sampling=sampling)
+    assert "logits_processors" not in built[0].kwargs
+    eng.add(GenerationRequest("a", [1, 2, 3], 4242))
+    (_, _, params), = fake.added
+    assert (params.temperature, params.seed, params.extra_args) == (0.7, seed, None)
+    assert eng.notes()[-1] == note
+
+
+def test_speculative_decoding_keeps_vllms_sampler():
+    from s2_vllm.engines.vllm import sampler_plan
+
+    kwargs = {"speculative_config": {"method": "ngram"}}
+    chosen = sampler_plan(SamplingConfig(), kwargs)
+    assert chosen.kind == "vllm" and "speculative decoding is on" in chosen.note
+    assert "logits_processors" not in kwargs

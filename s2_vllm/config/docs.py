@@ -42,7 +42,7 @@ def _cell(text: str) -> str:
 def _row(spec: Spec) -> str:
     meta = spec.meta
     default = meta.default_doc if meta.default_doc is not None else f"`{_literal(spec.default)}`"
-    fp = "" if meta.fp is None else ("fp if set" if meta.fp_if_set else "fp")
+    fp = "" if meta.fp is None else ("fp if not default" if meta.fp_if_set else "fp")
     kind = describe_type(spec)
     if spec.optional:
         kind += " (optional)"
@@ -67,7 +67,7 @@ def fingerprinted_block() -> str:
             parts.append(f"every key of `[{table}]`")
         else:
             parts += [f"`{table}.{s.name}`" for s in marked]
-    return (f"Fingerprinted: {', '.join(parts)}; {' and '.join(when_set)} when set; and the SHA-256 of the "
+    return (f"Fingerprinted: {', '.join(parts)}; {', '.join(when_set)} when not at their default; and the SHA-256 of the "
             "tokenizer's chat template. Every other key is a speed or plumbing knob and may change between a "
             "run and its resume.")
 

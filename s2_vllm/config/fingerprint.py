@@ -27,7 +27,7 @@ def build(config: Any, *, stage: str | None = None, marks: Mapping[str, Any] | N
         values = getattr(config, table)
         for spec in specs(type(values), table).values():
             value = getattr(values, spec.name)
-            if spec.meta.fp is None or (spec.meta.fp_if_set and value is None):
+            if spec.meta.fp is None or (spec.meta.fp_if_set and value == spec.default):
                 continue
             *outer, name = spec.meta.fp.split(".")
             place = out

@@ -31,7 +31,7 @@ class Key:
     pattern: str | None = None  # a string value must match it whole
     expect: str | None = None  # what the pattern accepts, in words, for the message and the docs
     fp: str | None = None  # its name in the checkpoint's fingerprint; None = not fingerprinted
-    fp_if_set: bool = False  # fingerprinted only when not None (added later; old checkpoints still resume)
+    fp_if_set: bool = False  # fingerprinted only when not at its default (added later; old checkpoints resume)
     default_doc: str | None = None  # the default in words, when the value alone says too little
 
 

@@ -86,7 +86,7 @@ class SamplingConfig:
                        "penalties, else `vllm` is used and the header says why). `vllm`: vLLM's sampler with a "
                        "seed per record (a generator per request: slower). `unseeded`: vLLM's sampler without "
                        "per-record seeds: a record's text then depends on its batch and changes on resume. "
-                       "The hf engine ignores it.", choices=SAMPLERS, fp="sampling.sampler")
+                       "The hf engine ignores it.", choices=SAMPLERS, fp="sampling.sampler", fp_if_set=True)
 
     @property
     def greedy(self) -> bool:

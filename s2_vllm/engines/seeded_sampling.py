@@ -22,8 +22,8 @@ MASK32 = 0xFFFFFFFF
 # Odd multipliers below 2**31: a 32-bit value times one stays below 2**63, so the hash is exact
 # int64 arithmetic (no overflow) and gives the same bits on every device.
 MUL1, MUL2 = 0x7FEB352D, 0x2C1B3C6D
-POSITION_SALT, TOKEN_SALT = 0x632BE5AB, 0x85157AF5
-UNIFORM_BITS = 24  # float32 holds 24-bit integers exactly
+POSITION_SALT, TOKEN_SALT = 0x632BE5AB, 0x5BD1E995
+UNIFORM_BITS = 23  # (bits + 0.5) then needs 24 bits: exact in float32
 
 
 def _mix(x: Any) -> Any:

@@ -30,6 +30,7 @@ from s2_vllm.errors import ConfigError, EngineError, cause_line, one_line
 # EngineConfig fields passed to vllm.LLM when not None (`extra` is merged in afterwards).
 ENGINE_FIELDS = tuple(f.name for f in dataclasses.fields(EngineConfig) if f.name != "extra")
 _FINISH_REASONS = {"stop": "stop", "length": "length"}
+_CHECKED_DRAWS: set[tuple] = set()  # (temperature, top_p, top_k, min_p) that vLLM's SamplingParams accepted
 
 
 def _import_vllm() -> Any:
@@ -154,10 +155,13 @@ def sampling_params(s: SamplingConfig, seed: int, kind: str | None = None) -> An
     kind = plan(s).kind if kind is None else kind
     draw = {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "min_p": s.min_p}
     extra = {}
-    if kind == "s2":
-        extra = {"extra_args": {vllm_api.SAMPLER_EXTRA: [seed, s.temperature, s.top_k, s.top_p, s.min_p]}}
-        draw = {"temperature": 0.0}
     try:
+        if kind == "s2":  # vLLM sees a greedy request: its checks of the draw's settings run here, once per setting
+            if (checked := tuple(draw.values())) not in _CHECKED_DRAWS:
+                SamplingParams(**draw)
+                _CHECKED_DRAWS.add(checked)
+            extra = {"extra_args": {vllm_api.SAMPLER_EXTRA: [seed, s.temperature, s.top_k, s.top_p, s.min_p]}}
+            draw = {"temperature": 0.0}
         return SamplingParams(
             **draw,
             repetition_penalty=s.repetition_penalty,
@@ -178,6 +182,8 @@ def sampling_params(s: SamplingConfig, seed: int, kind: str | None = None) -> An
 def sampler_plan(s: SamplingConfig, kwargs: dict[str, Any]) -> SamplerPlan:
     """The run's sampler on this vLLM; with "s2", `kwargs` (vllm.LLM's) get s2-vllm's logits processor."""
     ready, why = vllm_api.sampler_ready()
+    if kwargs.get("speculative_config"):
+        ready, why = False, "speculative decoding is on, and vLLM refuses logits processors with it"
     chosen = plan(s, None if ready else f"this vLLM cannot run it: {why}")
     if chosen.kind == "s2":
         kwargs["logits_processors"] = [*(kwargs.get("logits_processors") or []), vllm_api.SAMPLER_CLASS]

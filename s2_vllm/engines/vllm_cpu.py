@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from s2_vllm.config import EngineConfig
+from s2_vllm.engines.parallel import check_placement, rank_binding, ranks
 from s2_vllm.engines.vllm_api import DEFAULT_MAX_NUM_SEQS, is_cpu_platform
 from s2_vllm.model_config import read_model_config, text_config
 
@@ -63,12 +64,17 @@ def cpu_settings(cfg: EngineConfig, environ: Mapping[str, str], *, available: in
         # Without either, vLLM's CPU worker reserves gpu_memory_utilization (0.92) of the whole
         # NUMA node and refuses to start when less than that is free, which is the usual case.
         # What the engine can fill at most is enough; more only costs start-up time (zeroing).
-        share = max(1, min(KV_CACHE_MAX_GIB, available // (KV_CACHE_SHARE * replicas) // GiB))
-        gib = share if needed is None else max(1, min(share, -(-needed // GiB)))
+        # Each rank of a tensor/pipeline-parallel engine holds its share of the heads or layers, in a cache
+        # of this size of its own.
+        n = ranks(cfg)
+        share = max(1, min(KV_CACHE_MAX_GIB, available // (KV_CACHE_SHARE * replicas * n) // GiB))
+        per_rank = None if needed is None else -(-needed // n)
+        gib = share if per_rank is None else max(1, min(share, -(-per_rank // GiB)))
         out.env["VLLM_CPU_KVCACHE_SPACE"] = str(gib)
-        why = ("a quarter of the free memory" if gib == share and (needed is None or needed > share * GiB)
+        why = ("a quarter of the free memory" if gib == share and (per_rank is None or per_rank > share * GiB)
                else "all that max_num_seqs sequences of max_model_len tokens can fill")
-        out.notes.append(f"KV cache: {gib} GiB per engine, {why} (VLLM_CPU_KVCACHE_SPACE overrides)")
+        out.notes.append(f"KV cache: {gib} GiB per {'engine' if n == 1 else 'rank'}, {why} "
+                         "(VLLM_CPU_KVCACHE_SPACE overrides)")
 
     if "VLLM_USE_AOT_COMPILE" not in environ:
         # vLLM 0.26's CPU build cannot load the AOT-compiled model it saved ("'function' object has
@@ -79,14 +85,27 @@ def cpu_settings(cfg: EngineConfig, environ: Mapping[str, str], *, available: in
 
     if "VLLM_CPU_OMP_THREADS_BIND" in environ:
         out.notes.append(f"threads bound as VLLM_CPU_OMP_THREADS_BIND={environ['VLLM_CPU_OMP_THREADS_BIND']} says")
-    elif cores and (cfg.tensor_parallel_size or 1) * (cfg.pipeline_parallel_size or 1) == 1:
-        # vLLM's "auto" binding keeps one core free for its scheduler process, which on a small
-        # machine halves the compute; every core (or, with replicas, an even share) is faster.
-        out.env["VLLM_CPU_OMP_THREADS_BIND"] = _ranges(_share(cores, replicas, replica))
-        shares = " | ".join(_ranges(_share(cores, replicas, i)) for i in range(replicas))
-        where = f"replica by replica, to cores {shares}" if replicas > 1 else f"to cores {shares}"
+    elif cores:
+        # vLLM's "auto" binding keeps one core free for its scheduler process, which on a small machine
+        # halves the compute, and with tensor/pipeline parallelism it wants a NUMA node per rank: every
+        # core (or, with replicas, an even share), split between the ranks, is faster and always starts.
+        per_rank = ranks(cfg)
+        if per_rank > 1:
+            check_placement(cfg, replicas, len(cores))
+        bind = [_binding(_share(cores, replicas, i), per_rank) for i in range(replicas)]
+        out.env["VLLM_CPU_OMP_THREADS_BIND"] = bind[replica]
+        if per_rank == 1:
+            where = f"replica by replica, to cores {' | '.join(bind)}" if replicas > 1 else f"to cores {bind[0]}"
+        else:  # '|' separates the ranks of one engine, as in the variable itself
+            where = (f"replica by replica and rank by rank, to cores {' ; '.join(bind)}" if replicas > 1
+                     else f"rank by rank, to cores {bind[0]}")
         out.notes.append(f"threads bound {where} (VLLM_CPU_OMP_THREADS_BIND overrides)")
     return out
+
+
+def _binding(cores: list[int], per_rank: int) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND's value for one engine: its cores, split between its ranks by `|`."""
+    return "|".join(_ranges(part) for part in rank_binding(cores, per_rank))
 
 
 def _share(cores: list[int], n: int, i: int) -> list[int]:
