@@ -35,8 +35,11 @@ MODES = {  # name: what the row measures
     "s2": "s2-vllm run: checkpoint, continuous feeding, prefix caching, s2-vllm's seeded sampler",
     "s2-vllm-sampler": "s2-vllm run with [sampling] sampler = \"vllm\" (vLLM's per-request seeded generators)",
     "s2-noprefix": "s2-vllm run, prefix caching off",
+    "s2-tp2": "s2-vllm run, tensor_parallel_size = 2 (one engine over two GPUs, or two CPU worker processes)",
+    "s2-replicas2": "s2-vllm run --replicas 2 (two engines, each with half the GPUs or cores)",
     "s2-thinking": "s2-vllm run, thinking on, thinking-length outputs",
 }
+OPT_IN = ("s2-tp2", "s2-replicas2")  # two GPUs (or cores): not in the default set
 SAMPLING = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "seed": 0}  # s2-vllm's defaults, fixed seed
 KV_LOG = re.compile(r"GPU KV cache size: ([\d,]+) tokens")
 ATTENTION_LOG = re.compile(r"Using (\S+) attention backend")
@@ -46,7 +49,8 @@ SMI = ["nvidia-smi", "-i", "0", "--query-gpu=memory.used", "--format=csv,noheade
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench-results.json", help="JSON results; the table goes to OUT.md")
-    p.add_argument("--modes", help=f"comma-separated, of: {', '.join(MODES)} (default: all but s2-thinking on cpu)")
+    p.add_argument("--modes", help=f"comma-separated, of: {', '.join(MODES)} (default: all but {', '.join(OPT_IN)}, "
+                                   "and s2-thinking on cpu)")
     p.add_argument("--records", type=int, default=2000, help="dataset size: records of plain, s2, s2-noprefix")
     p.add_argument("--tutorial-records", type=int, default=16, help="first records run by the tutorial loop")
     p.add_argument("--hf-records", type=int, default=64, help="first records run by the hf engine")
@@ -67,7 +71,8 @@ def parse_args() -> argparse.Namespace:
                         "fastest trial, every trial's seconds are kept (on 2 shared cores one trial moves by ±10%%)")
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)  # internal: MODE SPEC, one mode in this process
     args = p.parse_args()
-    args.modes = (args.modes or ",".join(m for m in MODES if args.device == "cuda" or m != "s2-thinking")).split(",")
+    default = [m for m in MODES if m not in OPT_IN and (args.device == "cuda" or m != "s2-thinking")]
+    args.modes = (args.modes or ",".join(default)).split(",")
     if set(args.modes) - set(MODES):
         p.error(f"unknown mode(s) {sorted(set(args.modes) - set(MODES))}; choose from {list(MODES)}")
     if args.device == "cpu" and not args.tiny:
@@ -121,6 +126,7 @@ def s2_toml(spec: dict, mode: str) -> str:
     thinking, cuda = mode == "s2-thinking", spec["device"] == "cuda" and mode != "hf"
     return "\n".join([
         "[engine]", f'model = "{spec["model"]}"', f'dtype = "{spec["dtype"]}"', "seed = 0",
+        *(["tensor_parallel_size = 2"] if mode == "s2-tp2" else []),
         f"max_model_len = {spec['max_model_len']}", f"enable_prefix_caching = {str(mode != 's2-noprefix').lower()}",
         f"enforce_eager = {str(spec['enforce_eager']).lower()}",
         *(['load_format = "dummy"', f"gpu_memory_utilization = {spec['gpu_memory_utilization']}"] if cuda else []),
@@ -243,7 +249,8 @@ def run_vllm(spec: dict, n: int, paper: bool, seeded: bool = True) -> dict:
             "output_tokens": sum(len(o.outputs[0].token_ids) for o in outputs), "seconds": time.perf_counter() - start}
 
 
-REPEATED = ("paper", "plain", "plain-unseeded", "s2", "s2-vllm-sampler", "s2-noprefix", "s2-thinking")  # what --repeat runs again
+REPEATED = ("paper", "plain", "plain-unseeded", "s2", "s2-vllm-sampler", "s2-noprefix", "s2-thinking", "s2-tp2",
+            "s2-replicas2")  # what --repeat runs again
 
 
 def keep_fastest(kept: dict | None, row: dict) -> dict:
@@ -285,7 +292,8 @@ def run_mode(mode: str, spec: dict, spec_path: Path, timeout: int) -> dict:
     if mode.startswith("s2"):
         toml.write_text(s2_toml(spec, mode), "utf-8")
         cmd = ["-m", "s2_vllm", "run", "--engine", "vllm", "--config", str(toml), "--audio", spec["audio"],
-               "--subtitles", spec["subtitles"], "--limit", str(n), "--no-progress", "--show-engine-log", "-o", str(output)]
+               "--subtitles", spec["subtitles"], "--limit", str(n), "--no-progress", "--show-engine-log", "-o", str(output),
+               *(["--replicas", "2"] if mode == "s2-replicas2" else [])]
     else:
         cmd = [__file__, "--worker", mode, str(spec_path)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),

@@ -6,7 +6,7 @@
 #   2 seeds     bench.py plain, plain-unseeded, s2 with --repeat 2 (alternating trials)
 #   3 rest      bench.py s2-vllm-sampler, s2-noprefix, s2-thinking, hf
 #   4 describe  bench_describe.py describe, plain, vllm-per-clip on Qwen2.5-Omni-7B's thinker shape,
-#               if OMNI (default .bench/omni-7b-shape) is there
+#               if OMNI (default .bench/omni-7b-shape) is there when the stage starts (.whl-audio: installed first)
 #
 #   bash scripts/gpu_session.sh OUTDIR           # on the GPU node (docs/BENCHMARKS.md, "Plan for a session with a GPU")
 #   bash scripts/gpu_session.sh OUTDIR --cpu     # the same stages on vLLM's CPU build at tiny sizes (a dry run)
@@ -21,9 +21,9 @@ if [ "${2:-}" = --cpu ]; then
                        --hf-records 8); sampler=(--batches 32 --vocabs 2565 --steps 3)
     describe=(--clips 8 --per-clip-clips 4 --max-tokens 16 --modes describe,plain,vllm-per-clip --host-clips 8)
 else
-    device=cuda; bench=(--records 2000 --max-tokens 300 --mode-timeout 300 --thinking-records 250 --hf-records 32)
+    device=cuda; bench=(--records 1000 --max-tokens 300 --mode-timeout 240 --thinking-records 250 --hf-records 32)
     sampler=(--batches 64,256,512,1024 --vocabs 2565,151936)
-    describe=(--model "$omni" --load-format dummy --clips 512 --per-clip-clips 32 --max-tokens 300
+    describe=(--model "$omni" --load-format dummy --clips 256 --per-clip-clips 16 --max-tokens 300
               --modes describe,plain,vllm-per-clip --host-clips 32)
 fi
 
@@ -41,6 +41,9 @@ stage seeds python3 scripts/bench.py "${bench[@]}" --modes plain,plain-unseeded,
     --workdir "$work/seeds" --out "$out/seeds.json"
 stage rest python3 scripts/bench.py "${bench[@]}" --modes s2-vllm-sampler,s2-noprefix,s2-thinking,hf \
     --workdir "$work/rest" --out "$out/rest.json"
+if [ -d .whl-audio ]; then  # the decoders' wheels, carried by a later call than the kit (docs/BENCHMARKS.md)
+    python3 -m pip install -q --no-index --no-deps --target "${SITE:-/tmp/site}" .whl-audio/*.whl
+fi
 if [ "$device" = cpu ] || [ -d "$omni" ]; then
     stage describe python3 scripts/bench_describe.py "${describe[@]}" --workdir "$work/describe" \
         --out "$out/describe.json"

@@ -50,7 +50,7 @@ def test_cpu_rows_json_and_table(tiny_model: Path, tmp_path: Path) -> None:
     table = Path(f"{out}.md").read_text("utf-8").splitlines()
     assert table[0].startswith("| mode | what | records | wall s | req/s | output tok/s | total tok/s |")
     assert [line.split(" | ")[0] for line in table[2:4]] == ["| tutorial", "| hf"]
-    assert all(line.count("|") == 12 for line in table[:4])
+    assert all(line.count("|") == 14 for line in table[:4])
     assert table[4] == "" and table[5].startswith("Host (join + render + tokenize")
 
 
@@ -71,17 +71,22 @@ def test_roofline_of_qwen3_8b() -> None:
 
 @pytest.mark.vllm
 def test_cpu_vllm_rows(tiny_model: Path, tmp_path: Path) -> None:
-    """The vLLM rows on vLLM's CPU build: plain LLM.generate and s2-vllm run, same engine settings."""
+    """The vLLM rows on vLLM's CPU build: plain LLM.generate with and without seeds and s2-vllm run, same
+    engine settings, each row with the sampler its log says ran."""
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(BENCH), "--device", "cpu", "--tiny", "--records", "12", "--max-tokens", "4",
-           "--modes", "plain,s2", "--out", str(out), "--max-model-len", "1024", "--enforce-eager"]
+           "--modes", "plain,plain-unseeded,s2", "--out", str(out), "--max-model-len", "1024", "--enforce-eager"]
     env = dict(os.environ, S2_VLLM_CACHE=str(tiny_model.parent), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = json.loads(out.read_text("utf-8"))["rows"]
-    assert list(rows) == ["plain", "s2"], rows
+    assert list(rows) == ["plain", "plain-unseeded", "s2"], rows
     for row in rows.values():
         assert "error" not in row, row
-        assert (row["records"], row["output_tokens"]) == (12, 12 * 4)
-    assert rows["plain"]["x_plain"] == 1.0
+        assert (row["records"], row["output_tokens"], row["attention"]) == (12, 12 * 4, "CPU_ATTN")
+    assert [rows[m]["sampler"] for m in rows] == ["vLLM PyTorch, per-request generators", "vLLM PyTorch (CPU)",
+                                                  "s2-vllm SeededSampler"]
+    assert rows["plain"]["x_plain"] == 1.0 and rows["plain-unseeded"]["x_plain-unseeded"] == 1.0
     assert rows["s2"]["x_plain"] == pytest.approx(rows["s2"]["output_tok_s"] / rows["plain"]["output_tok_s"])
+    assert rows["s2"]["x_plain-unseeded"] == pytest.approx(
+        rows["s2"]["output_tok_s"] / rows["plain-unseeded"]["output_tok_s"])

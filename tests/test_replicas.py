@@ -417,6 +417,13 @@ def test_ray_replicas_on_vllms_cpu_build_ask_for_cpus_not_gpus(monkeypatch):
     c.parallel.replicas = 16
     with pytest.raises(ConfigError, match=r"^the Ray cluster has 12 CPUs and 0 GPUs; 16 replicas need 16 CPUs$"):
         pool._placement(c)
+    c.parallel.replicas, c.engine.tensor_parallel_size = 3, 2  # 12 CPUs // 3 = 4 each, enough for 2 ranks
+    assert pool._placement(c) == (4.0, 0)
+    c.parallel.replicas, c.engine.pipeline_parallel_size = 1, 4  # 8 ranks: more than the 4-CPU node holds
+    with pytest.raises(ConfigError, match=r"^each replica's 8 ranks \(tensor_parallel_size x pipeline_parallel_size\) "
+                                          r"need 8 CPUs on one node; the smallest Ray node has 4$"):
+        pool._placement(c)
+    c.engine.tensor_parallel_size = c.engine.pipeline_parallel_size = None
     monkeypatch.setattr(ray_pool, "is_cpu_platform", lambda: False)  # the CUDA build: GPUs, as before
     c.parallel.replicas = 2
     with pytest.raises(ConfigError, match=r"^the Ray cluster has 12 CPUs and 0 GPUs; 2 replicas need 2 CPUs and 2 GPUs$"):

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from s2_vllm.config import Config
+from s2_vllm.engines.parallel import ranks
 from s2_vllm.engines.messages import Dead, Fault, FromReplica, Lost, ToReplica
 from s2_vllm.engines.pool import STOP_SECONDS, Factory, PoolBase, Replica
 from s2_vllm.engines.replica import IDLE_SECONDS, get_message, gpus_per_replica, replica_env, serve
@@ -109,7 +110,11 @@ class RayReplicaPool(PoolBase):
             # the smallest node's CPUs (an actor asking for more than any node has would wait forever)
             nodes = [node.get("Resources", {}).get("CPU", 0) for node in self.ray.nodes() if node.get("Alive")]
             smallest = min((c for c in nodes if c), default=cpus_there)
-            gpus, cpus = 0, max(1.0, float(int(min(cpus_there // n, smallest))))
+            per = ranks(config.engine)  # each tensor/pipeline rank is a worker process bound to a core of its own
+            if per > smallest:
+                raise ConfigError(f"each replica's {per} ranks (tensor_parallel_size x pipeline_parallel_size) need "
+                                  f"{per} CPUs on one node; the smallest Ray node has {smallest:g}")
+            gpus, cpus = 0, max(float(per), float(int(min(cpus_there // n, smallest))))
         if cpus_there < n * cpus or gpus_there < n * gpus:
             need = f"{n * cpus:g} CPUs" + (f" and {n * gpus} GPUs" if gpus else "")
             raise ConfigError(f"the Ray cluster has {cpus_there:g} CPUs and {gpus_there:g} "

@@ -157,25 +157,19 @@ def static_problems() -> dict[str, str]:
 def sampler_ready() -> tuple[bool, str]:
     """Whether this vLLM can run s2-vllm's seeded sampler (`SeededSampler`), and if not why."""
     import dataclasses
-    import importlib
 
     try:
         from vllm import SamplingParams
-        from vllm.engine.arg_utils import EngineArgs
+        from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality  # noqa: F401
 
-        lp = importlib.import_module("vllm.v1.sample.logits_processor")
-    except Exception as exc:
+        batch_fields = {f.name for f in dataclasses.fields(BatchUpdate)}
+        extra = SamplingParams(extra_args={"x": 1}).extra_args
+    except Exception as exc:  # a module or class that moved
         return False, f"{type(exc).__name__}: {exc}"
-    for name in ("LogitsProcessor", "BatchUpdate", "MoveDirectionality"):
-        if not hasattr(lp, name):
-            return False, f"vllm.v1.sample.logits_processor.{name} not found"
-    if not hasattr(lp.MoveDirectionality, "SWAP") or not {"removed", "added", "moved"} <= {
-            f.name for f in dataclasses.fields(lp.BatchUpdate)}:
+    if not hasattr(MoveDirectionality, "SWAP") or not {"removed", "added", "moved"} <= batch_fields:
         return False, "BatchUpdate/MoveDirectionality changed shape"
-    if "logits_processors" not in {f.name for f in dataclasses.fields(EngineArgs)}:
-        return False, "EngineArgs has no logits_processors"
-    if getattr(SamplingParams(extra_args={"x": 1}), "extra_args", None) != {"x": 1}:
-        return False, "SamplingParams has no extra_args"
+    if "logits_processors" not in (engine_arg_fields() or {}) or extra != {"x": 1}:
+        return False, "EngineArgs.logits_processors or SamplingParams.extra_args not found"
     return True, ""
 
 
