@@ -38,3 +38,4 @@ def test_rank_binding_splits_cores_evenly_and_disjointly():
     assert rank_binding([0, 1], 2) == [[0], [1]]
     assert rank_binding(list(range(5)), 2) == [[0, 1, 2], [3, 4]]
     assert rank_binding([4, 5, 6, 7], 4) == [[4], [5], [6], [7]]
+    assert rank_binding([3], 2) == [[3], [3]]  # fewer cores than ranks (a Ray actor): they share

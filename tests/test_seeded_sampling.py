@@ -121,6 +121,17 @@ def test_the_plan_says_which_sampler_runs_and_why(settings, kind, why):
     assert (chosen.note is None) == (why is None) and (why is None or why in chosen.note)
 
 
+def test_auto_is_s2_vllms_sampler_on_cpu_and_vllms_own_on_cuda():
+    """vLLM 0.26's V2 GPU runner draws seeded requests in one batched pass, and takes no logits processor."""
+    assert plan(SamplingConfig(), platform="cpu") == plan(SamplingConfig(sampler="s2"), platform="cpu")
+    assert plan(SamplingConfig(), platform="cuda") == seeded_sampling.SamplerPlan("vllm", None)
+    forced = plan(SamplingConfig(sampler="s2"), platform="cuda")
+    assert forced.kind == "s2" and "V1 model runner" in forced.note
+    assert plan(SamplingConfig(sampler="vllm"), platform="cuda").note == (
+        "sampling: vLLM's sampler with a seed per record ([sampling] sampler = \"vllm\")")
+    assert plan(SamplingConfig(sampler="s2", top_k=0), platform="cuda").note.endswith("and no penalties)")
+
+
 def test_a_vllm_that_cannot_run_it_falls_back_with_the_reason():
     chosen = plan(SamplingConfig(), "this vLLM cannot run it: EngineArgs has no logits_processors")
     assert chosen.kind == "vllm"

@@ -69,7 +69,8 @@ def test_tensor_and_pipeline_ranks_get_cores_of_their_own():
     tp2 = settings(EngineConfig(tensor_parallel_size=2), needed=3 * GiB)
     assert tp2.env["VLLM_CPU_OMP_THREADS_BIND"] == "0|1"
     assert tp2.notes[-1] == "threads bound rank by rank, to cores 0|1 (VLLM_CPU_OMP_THREADS_BIND overrides)"
-    assert tp2.env["VLLM_CPU_KVCACHE_SPACE"] == "2" and "2 GiB per rank" in tp2.notes[1]  # half the heads each
+    # each rank a cache of its own: the quarter of the free memory is split between the ranks (20 / 4 / 2)
+    assert tp2.env["VLLM_CPU_KVCACHE_SPACE"] == "2" and "2 GiB per rank, a quarter of the free memory" in tp2.notes[1]
     pp2 = settings(EngineConfig(pipeline_parallel_size=2), cores=[0, 1, 2, 3, 4])
     assert pp2.env["VLLM_CPU_OMP_THREADS_BIND"] == "0-2|3-4"
     cores = list(range(8))  # 2 replicas of TP 2: each replica half the cores, each rank half of those
@@ -81,6 +82,10 @@ def test_tensor_and_pipeline_ranks_get_cores_of_their_own():
         "(VLLM_CPU_OMP_THREADS_BIND overrides)")
     given = settings(EngineConfig(tensor_parallel_size=2), {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}, cores=[0])
     assert "VLLM_CPU_OMP_THREADS_BIND" not in given.env  # the user's binding: not checked, not replaced
+    # A Ray actor (placed by the pool's check of the cluster): no refusal, and a share too small for its ranks
+    # gives way to the node's cores.
+    ray = settings(EngineConfig(tensor_parallel_size=2), replicas=2, replica=1, refuse_overcommit=False)
+    assert ray.env["VLLM_CPU_OMP_THREADS_BIND"] == "0|1"
 
 
 def test_more_ranks_than_cores_is_refused_with_what_fits():
@@ -100,6 +105,11 @@ def test_kv_cache_ceiling_reads_the_model_config(tiny_model):
     assert kv_cache_ceiling(EngineConfig(model=str(tiny_model))) == 1024 * 4096 * 256
     assert kv_cache_ceiling(EngineConfig(model=str(tiny_model), max_num_seqs=8, max_model_len=512)) == 1024 * 512 * 8
     assert kv_cache_ceiling(EngineConfig(model="/nonexistent/model")) is None
+    # One rank's part: TP 2 holds one of the 2 KV heads, TP 4 still one (repeated), PP 2 one of the 2 layers.
+    tiny = {"model": str(tiny_model), "max_model_len": 1024}
+    assert kv_cache_ceiling(EngineConfig(**tiny, tensor_parallel_size=2)) == 512 * 1024 * 256
+    assert kv_cache_ceiling(EngineConfig(**tiny, tensor_parallel_size=4)) == 512 * 1024 * 256
+    assert kv_cache_ceiling(EngineConfig(**tiny, pipeline_parallel_size=2)) == 512 * 1024 * 256
 
 
 def test_both_vllm_builds_installed_is_refused(tmp_path, tiny_model):

@@ -507,7 +507,8 @@ def test_sampled_records_go_to_s2_vllms_sampler_by_default():
 
 @pytest.mark.parametrize(("sampling", "seed", "note"), [
     (SamplingConfig(sampler="vllm"), 4242, "sampling: vLLM's sampler with a seed per record ([sampling] sampler = "
-                                           "\"vllm\"; a generator per request, slower than sampler = \"s2\")"),
+                                           "\"vllm\"; on its CPU build a generator per request, slower than sampler "
+                                           "= \"s2\")"),
     (SamplingConfig(sampler="unseeded"), None, "sampling: vLLM's sampler without per-record seeds ([sampling] "
                                                "sampler = \"unseeded\"): a record's text depends on its batch and "
                                                "changes on resume"),
@@ -523,10 +524,13 @@ def test_other_samplers_are_vllms_own_and_the_header_says_so(sampling, seed, not
     assert eng.notes()[-1] == note
 
 
-def test_speculative_decoding_keeps_vllms_sampler():
+def test_speculative_decoding_and_vllms_v2_runner_keep_vllms_sampler(monkeypatch):
     from s2_vllm.engines.vllm import sampler_plan
 
     kwargs = {"speculative_config": {"method": "ngram"}}
-    chosen = sampler_plan(SamplingConfig(), kwargs)
+    chosen = sampler_plan(SamplingConfig(sampler="s2"), kwargs)
     assert chosen.kind == "vllm" and "speculative decoding is on" in chosen.note
     assert "logits_processors" not in kwargs
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    chosen = sampler_plan(SamplingConfig(sampler="s2"), kwargs := {})
+    assert chosen.kind == "vllm" and "VLLM_USE_V2_MODEL_RUNNER is set" in chosen.note and kwargs == {}

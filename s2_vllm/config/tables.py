@@ -16,7 +16,7 @@ from s2_vllm.template import DEFAULT_TEMPLATE
 ON_DUPLICATE = ("error", "first", "last")
 SOURCE_FORMATS = ("json", "jsonl", "csv")
 ENGINES = ("vllm", "hf")
-SAMPLERS = ("s2", "vllm", "unseeded")
+SAMPLERS = ("auto", "s2", "vllm", "unseeded")
 _NON_EMPTY = {"pattern": r"(?s).+", "expect": "a non-empty string"}
 
 
@@ -81,12 +81,14 @@ class SamplingConfig:
                     "so a record's output depends on neither its position in the file nor on resuming.",
                     fp="sampling.seed")
     ignore_eos: bool = key(False, "Always generate `max_tokens` tokens. Benchmarks only.", fp="sampling.ignore_eos")
-    sampler: str = key("s2", "How vLLM samples when temperature > 0. `s2`: s2-vllm's batched sampler; each record's "
-                       "draws come from its own seed alone, in one tensor pass per step (needs top_k >= 1 and no "
-                       "penalties, else `vllm` is used and the header says why). `vllm`: vLLM's sampler with a "
-                       "seed per record (a generator per request: slower). `unseeded`: vLLM's sampler without "
-                       "per-record seeds: a record's text then depends on its batch and changes on resume. "
-                       "The hf engine ignores it.", choices=SAMPLERS, fp="sampling.sampler", fp_if_set=True)
+    sampler: str = key("auto", "How vLLM samples when temperature > 0, each record from its own seed. `s2`: "
+                       "s2-vllm's batched sampler (a logits processor): a record's draws depend on its seed alone, "
+                       "one tensor pass per step over the top-k candidates (needs top_k >= 1 and no penalties, else "
+                       "`vllm` is used and the header says why). `vllm`: vLLM's own sampler with a seed per record "
+                       "(on its CPU build, and its V1 GPU runner, a generator per request: slower; its V2 GPU runner "
+                       "draws them in one pass). `auto`: `s2` on vLLM's CPU build, `vllm` on CUDA. `unseeded`: "
+                       "vLLM's sampler without per-record seeds: a record's text then depends on its batch and "
+                       "changes on resume. The hf engine ignores it.", choices=SAMPLERS, fp="sampling.sampler", fp_if_set=True)
 
     @property
     def greedy(self) -> bool:

@@ -63,8 +63,9 @@ class EngineFactory:
         from s2_vllm.engines.vllm import VLLMEngine
         from s2_vllm.engines.vllm_cpu import settings_here
 
+        # No platforms: a Ray actor, placed by the pool's own check of the cluster's CPUs (RayReplicaPool)
         platform = (self.platforms[index] if self.platforms is not None
-                    else settings_here(config.engine, self.replicas, index))
+                    else settings_here(config.engine, self.replicas, index, refuse_overcommit=False))
         return VLLMEngine(config.engine, config.sampling, config.run.in_flight, platform=platform,
                           kwargs=self.kwargs)
 

@@ -49,7 +49,10 @@ def _kv_fits(kv_heads: Any, tp: int) -> bool:
 
 
 def rank_binding(cores: list[int], per_rank: int) -> list[list[int]]:
-    """A replica's `cores` split into `per_rank` contiguous, disjoint lists, one per rank (as even as can be)."""
+    """A replica's `cores` split into `per_rank` contiguous, disjoint lists, one per rank (as even as can be);
+    with fewer cores than ranks (only where nothing refused it: a Ray actor), the ranks share them."""
+    if len(cores) < per_rank:
+        return [[cores[i % len(cores)]] for i in range(per_rank)]
     size, extra = divmod(len(cores), per_rank)
     out, start = [], 0
     for i in range(per_rank):

@@ -81,21 +81,30 @@ class SamplerPlan:
     note: str | None  # the run header's line about it (None: nothing to say)
 
 
-def plan(sampling: Any, unavailable: str | None = None) -> SamplerPlan:
-    """The sampler a `[sampling]` table gets; `unavailable`: why this vLLM cannot run s2-vllm's (None: it can)."""
+def plan(sampling: Any, unavailable: str | None = None, platform: str = "cpu") -> SamplerPlan:
+    """The sampler a `[sampling]` table gets where vLLM runs on `platform` ("cpu", "cuda", …); `unavailable`:
+    why this vLLM cannot run s2-vllm's (None: it can).
+
+    `sampler = "auto"` is s2-vllm's sampler on vLLM's CPU build and vLLM's own elsewhere: on CUDA, vLLM
+    0.26's V2 model runner (its default for dense models) already draws seeded requests in one batched
+    pass keyed on (seed, position), and any logits processor would put it back on the V1 runner.
+    """
     if sampling.temperature == 0:
         return SamplerPlan("greedy", None)
-    if sampling.sampler == "unseeded":
+    asked, cpu = sampling.sampler, platform == "cpu"
+    if asked == "unseeded":
         return SamplerPlan("unseeded", "sampling: vLLM's sampler without per-record seeds ([sampling] sampler = "
                                        "\"unseeded\"): a record's text depends on its batch and changes on resume")
-    if sampling.sampler == "vllm":
-        return SamplerPlan("vllm", "sampling: vLLM's sampler with a seed per record ([sampling] sampler = \"vllm\"; "
-                                   "a generator per request, slower than sampler = \"s2\")")
+    if asked == "vllm" or (asked == "auto" and not cpu):
+        note = None if asked == "auto" else "sampling: vLLM's sampler with a seed per record ([sampling] sampler = " \
+            "\"vllm\"" + ("; on its CPU build a generator per request, slower than sampler = \"s2\")" if cpu else ")")
+        return SamplerPlan("vllm", note)
     why = ("top_k is off" if sampling.top_k < 1 else
            "penalties are set" if (sampling.repetition_penalty, sampling.presence_penalty,
                                    sampling.frequency_penalty) != (1.0, 0.0, 0.0) else
            unavailable)
     if why is not None:
         return SamplerPlan("vllm", f"sampling: vLLM's sampler with a seed per record, not s2-vllm's ({why}; "
-                                   "s2-vllm's needs top_k >= 1 and no penalties): slower")
-    return SamplerPlan("s2", None)
+                                   f"s2-vllm's needs top_k >= 1 and no penalties){': slower' if cpu else ''}")
+    return SamplerPlan("s2", None if cpu else "sampling: s2-vllm's sampler ([sampling] sampler = \"s2\"); vLLM "
+                                              "then runs its V1 model runner, the one that takes logits processors")

@@ -152,7 +152,7 @@ def sampling_params(s: SamplingConfig, seed: int, kind: str | None = None) -> An
     _import_vllm()
     from vllm import SamplingParams
 
-    kind = plan(s).kind if kind is None else kind
+    kind = plan(s, platform=vllm_api.platform_kind()).kind if kind is None else kind
     draw = {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "min_p": s.min_p}
     extra = {}
     try:
@@ -184,7 +184,9 @@ def sampler_plan(s: SamplingConfig, kwargs: dict[str, Any]) -> SamplerPlan:
     ready, why = vllm_api.sampler_ready()
     if kwargs.get("speculative_config"):
         ready, why = False, "speculative decoding is on, and vLLM refuses logits processors with it"
-    chosen = plan(s, None if ready else f"this vLLM cannot run it: {why}")
+    elif os.environ.get("VLLM_USE_V2_MODEL_RUNNER") in ("1", "true", "True"):
+        ready, why = False, "VLLM_USE_V2_MODEL_RUNNER is set, and that runner takes no logits processors"
+    chosen = plan(s, None if ready else f"this vLLM cannot run it: {why}", vllm_api.platform_kind())
     if chosen.kind == "s2":
         kwargs["logits_processors"] = [*(kwargs.get("logits_processors") or []), vllm_api.SAMPLER_CLASS]
     return chosen

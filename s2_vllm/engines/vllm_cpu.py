@@ -44,8 +44,11 @@ def available_memory() -> int:
 
 
 def cpu_settings(cfg: EngineConfig, environ: Mapping[str, str], *, available: int, cores: list[int],
-                 needed: int | None = None, replicas: int = 1, replica: int = 0) -> PlatformSettings:
-    """`needed`: the bytes of KV cache the engine could fill at most (None: unknown)."""
+                 needed: int | None = None, replicas: int = 1, replica: int = 0,
+                 refuse_overcommit: bool = True) -> PlatformSettings:
+    """`needed`: the bytes of KV cache one rank of the engine could fill at most (None: unknown).
+    `refuse_overcommit`: refuse more tensor/pipeline ranks x replicas than `cores` (off in a Ray actor, whose
+    CPUs the pool asked Ray for: the replicas may be on other nodes)."""
     out = PlatformSettings()
     if "enable_chunked_prefill" not in cfg.extra:
         # vLLM's CPU model runner moves each seeded request's generator back after a partial
@@ -58,23 +61,20 @@ def cpu_settings(cfg: EngineConfig, environ: Mapping[str, str], *, available: in
         out.notes.append("chunked prefill on, as [engine.extra] says: vLLM's CPU engine can die on seeded "
                          "sampling with it")
 
+    each = "engine" if ranks(cfg) == 1 else "rank"
     if "VLLM_CPU_KVCACHE_SPACE" in environ:
-        out.notes.append(f"KV cache: {environ['VLLM_CPU_KVCACHE_SPACE']} GiB per engine (VLLM_CPU_KVCACHE_SPACE, as set)")
+        out.notes.append(f"KV cache: {environ['VLLM_CPU_KVCACHE_SPACE']} GiB per {each} (VLLM_CPU_KVCACHE_SPACE, as set)")
     elif cfg.gpu_memory_utilization is None and "kv_cache_memory_bytes" not in cfg.extra:
         # Without either, vLLM's CPU worker reserves gpu_memory_utilization (0.92) of the whole
         # NUMA node and refuses to start when less than that is free, which is the usual case.
         # What the engine can fill at most is enough; more only costs start-up time (zeroing).
-        # Each rank of a tensor/pipeline-parallel engine holds its share of the heads or layers, in a cache
-        # of this size of its own.
-        n = ranks(cfg)
-        share = max(1, min(KV_CACHE_MAX_GIB, available // (KV_CACHE_SHARE * replicas * n) // GiB))
-        per_rank = None if needed is None else -(-needed // n)
-        gib = share if per_rank is None else max(1, min(share, -(-per_rank // GiB)))
+        # Each rank of a tensor/pipeline-parallel engine holds a cache of this size of its own.
+        share = max(1, min(KV_CACHE_MAX_GIB, available // (KV_CACHE_SHARE * replicas * ranks(cfg)) // GiB))
+        gib = share if needed is None else max(1, min(share, -(-needed // GiB)))
         out.env["VLLM_CPU_KVCACHE_SPACE"] = str(gib)
-        why = ("a quarter of the free memory" if gib == share and (per_rank is None or per_rank > share * GiB)
+        why = ("a quarter of the free memory" if gib == share and (needed is None or needed > share * GiB)
                else "all that max_num_seqs sequences of max_model_len tokens can fill")
-        out.notes.append(f"KV cache: {gib} GiB per {'engine' if n == 1 else 'rank'}, {why} "
-                         "(VLLM_CPU_KVCACHE_SPACE overrides)")
+        out.notes.append(f"KV cache: {gib} GiB per {each}, {why} (VLLM_CPU_KVCACHE_SPACE overrides)")
 
     if "VLLM_USE_AOT_COMPILE" not in environ:
         # vLLM 0.26's CPU build cannot load the AOT-compiled model it saved ("'function' object has
@@ -90,9 +90,10 @@ def cpu_settings(cfg: EngineConfig, environ: Mapping[str, str], *, available: in
         # halves the compute, and with tensor/pipeline parallelism it wants a NUMA node per rank: every
         # core (or, with replicas, an even share), split between the ranks, is faster and always starts.
         per_rank = ranks(cfg)
-        if per_rank > 1:
+        if per_rank > 1 and refuse_overcommit:
             check_placement(cfg, replicas, len(cores))
-        bind = [_binding(_share(cores, replicas, i), per_rank) for i in range(replicas)]
+        shares = [_share(cores, replicas, i) for i in range(replicas)]
+        bind = [_binding(share if len(share) >= per_rank else cores, per_rank) for share in shares]
         out.env["VLLM_CPU_OMP_THREADS_BIND"] = bind[replica]
         if per_rank == 1:
             where = f"replica by replica, to cores {' | '.join(bind)}" if replicas > 1 else f"to cores {bind[0]}"
@@ -129,7 +130,7 @@ def _ranges(cores: list[int]) -> str:
 
 
 def kv_cache_ceiling(cfg: EngineConfig, model_config: Any | None = None) -> int | None:
-    """Bytes of KV cache the engine can fill at most: max_num_seqs sequences of max_model_len
+    """Bytes of KV cache one rank of the engine can fill at most: max_num_seqs sequences of max_model_len
     tokens, at 2 bytes a value (vLLM's CPU backend runs bf16). `model_config`: the run's, when
     read already; None when the model's config cannot be read."""
     model = read_model_config(cfg) if model_config is None else model_config
@@ -139,19 +140,24 @@ def kv_cache_ceiling(cfg: EngineConfig, model_config: Any | None = None) -> int 
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
         kv_heads = getattr(text, "num_key_value_heads", None) or heads
         tokens = (cfg.max_model_len or text.max_position_embeddings) * (cfg.max_num_seqs or DEFAULT_MAX_NUM_SEQS)
-        return 2 * text.num_hidden_layers * kv_heads * head_dim * 2 * tokens
+        # one rank's part: its pipeline stage's layers, and its share of the KV heads (vLLM repeats a head on
+        # each rank when there are more tensor-parallel ranks than KV heads)
+        layers = -(-text.num_hidden_layers // (cfg.pipeline_parallel_size or 1))
+        kv_heads = max(1, kv_heads // (cfg.tensor_parallel_size or 1))
+        return 2 * layers * kv_heads * head_dim * 2 * tokens
     except Exception:
         return None
 
 
-def settings_here(cfg: EngineConfig, replicas: int = 1, replica: int = 0,
-                  model_config: Any | None = None) -> PlatformSettings:
+def settings_here(cfg: EngineConfig, replicas: int = 1, replica: int = 0, model_config: Any | None = None,
+                  refuse_overcommit: bool = True) -> PlatformSettings:
     """The settings of one engine (replica `replica` of `replicas`) on this machine: empty unless vLLM runs
     on the CPU."""
-    return replica_settings(cfg, replicas, model_config)[replica]
+    return replica_settings(cfg, replicas, model_config, refuse_overcommit)[replica]
 
 
-def replica_settings(cfg: EngineConfig, replicas: int, model_config: Any | None = None) -> list[PlatformSettings]:
+def replica_settings(cfg: EngineConfig, replicas: int, model_config: Any | None = None,
+                     refuse_overcommit: bool = True) -> list[PlatformSettings]:
     """Each replica's settings, computed once: on CPU, disjoint core shares and split KV caches."""
     if not is_cpu_platform():
         return [PlatformSettings() for _ in range(replicas)]
@@ -159,4 +165,4 @@ def replica_settings(cfg: EngineConfig, replicas: int, model_config: Any | None 
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     available = available_memory()
     return [cpu_settings(cfg, os.environ, available=available, cores=cores, needed=needed, replicas=replicas,
-                         replica=i) for i in range(replicas)]
+                         replica=i, refuse_overcommit=refuse_overcommit) for i in range(replicas)]
