@@ -32,8 +32,9 @@ MODES = {  # name: what the row measures
     "paper": "vLLM generate over chunks of 8 prompts, saved at the end (OV-MER merge.py)",
     "plain": "vLLM: one LLM.generate over all prompts (per-record seeds), no checkpoint",
     "plain-unseeded": "vLLM: one LLM.generate over all prompts, one SamplingParams without a seed (what users run)",
-    "s2": "s2-vllm run: checkpoint, continuous feeding, prefix caching, s2-vllm's seeded sampler",
-    "s2-vllm-sampler": "s2-vllm run with [sampling] sampler = \"vllm\" (vLLM's per-request seeded generators)",
+    "s2": "s2-vllm run: checkpoint, continuous feeding, prefix caching, per-record seeds (sampler = \"auto\")",
+    "s2-vllm-sampler": "s2-vllm run with [sampling] sampler = \"vllm\" (vLLM's own seeded sampling)",
+    "s2-own-sampler": "s2-vllm run with [sampling] sampler = \"s2\" (s2-vllm's SeededSampler, on CUDA too)",
     "s2-noprefix": "s2-vllm run, prefix caching off",
     "s2-tp2": "s2-vllm run, tensor_parallel_size = 2 (one engine over two GPUs, or two CPU worker processes)",
     "s2-replicas2": "s2-vllm run --replicas 2 (two engines, each with half the GPUs or cores)",
@@ -131,7 +132,8 @@ def s2_toml(spec: dict, mode: str) -> str:
         f"enforce_eager = {str(spec['enforce_eager']).lower()}",
         *(['load_format = "dummy"', f"gpu_memory_utilization = {spec['gpu_memory_utilization']}"] if cuda else []),
         "[sampling]", f"max_tokens = {spec['thinking_tokens' if thinking else 'max_tokens']}", "ignore_eos = true",
-        *(f"{k} = {v}" for k, v in SAMPLING.items()), f'sampler = "{"vllm" if mode == "s2-vllm-sampler" else "s2"}"',
+        *(f"{k} = {v}" for k, v in SAMPLING.items()),
+        f'sampler = "{ {"s2-vllm-sampler": "vllm", "s2-own-sampler": "s2"}.get(mode, "auto")}"',
         "[prompt]", f"enable_thinking = {str(thinking).lower()}",
         "[hf]", f"batch_size = {spec['hf_batch_size']}", f'device = "{spec["device"]}"', ""])
 
@@ -249,8 +251,8 @@ def run_vllm(spec: dict, n: int, paper: bool, seeded: bool = True) -> dict:
             "output_tokens": sum(len(o.outputs[0].token_ids) for o in outputs), "seconds": time.perf_counter() - start}
 
 
-REPEATED = ("paper", "plain", "plain-unseeded", "s2", "s2-vllm-sampler", "s2-noprefix", "s2-thinking", "s2-tp2",
-            "s2-replicas2")  # what --repeat runs again
+REPEATED = ("paper", "plain", "plain-unseeded", "s2", "s2-vllm-sampler", "s2-own-sampler", "s2-noprefix",
+            "s2-thinking", "s2-tp2", "s2-replicas2")  # what --repeat runs again
 
 
 def keep_fastest(kept: dict | None, row: dict) -> dict:
@@ -326,20 +328,25 @@ def run_mode(mode: str, spec: dict, spec_path: Path, timeout: int) -> dict:
 
 
 def backends(log: str, device: str, mode: str) -> dict:
-    """The attention backend and the sampler a vLLM mode ran with, as its log says."""
+    """The attention backend, model runner and sampler a vLLM mode ran with, as its log says."""
     if mode in ("tutorial", "hf", "micro"):
         return {}
     attention = ATTENTION_LOG.findall(log)
-    seeded = mode in ("plain", "s2-vllm-sampler") or (mode.startswith("s2") and "SeededSampler" not in log)
+    runner = "V2" if "Using V2 Model Runner" in log else "V1"
+    seeded = mode not in ("plain-unseeded", "paper")
     if "sampling with SeededSampler" in log:
         sampler = "s2-vllm SeededSampler"
-    elif seeded:  # per-request generators: vLLM takes its PyTorch path whatever else is on
+    elif runner == "V2":  # one batched Gumbel pass keyed on (seed, position); FlashInfer only without explicit seeds
+        sampler = "vLLM V2 " + ("Gumbel, per-request seeds" if seeded else
+                                "FlashInfer" if "Using FlashInfer for top-p & top-k sampling" in log else "Gumbel")
+    elif seeded:  # V1: a generator per request sends the batch to the PyTorch path
         sampler = "vLLM PyTorch, per-request generators"
     elif "Using FlashInfer for top-p & top-k sampling" in log:
         sampler = "vLLM FlashInfer"
     else:
         sampler = "vLLM PyTorch" + (" (CPU)" if device == "cpu" else "")
-    return {"attention": attention[-1] if attention else ("CPU_ATTN" if device == "cpu" else None), "sampler": sampler}
+    return {"attention": attention[-1] if attention else ("CPU_ATTN" if device == "cpu" else None),
+            "runner": runner, "sampler": sampler}
 
 
 def roofline(shape: dict, p: float, t: int, micro: dict, kv_tokens: int | None, utilization: float) -> dict:
@@ -392,7 +399,7 @@ def markdown(results: dict) -> str:
     spec, micro, rl = results["spec"], results.get("micro") or {}, results.get("roofline")
     host = spec["host"]
     lines = ["| mode | what | records | wall s | req/s | output tok/s | total tok/s | peak GPU MiB (nvidia-smi) "
-             "| peak torch MiB | × plain | × plain-unseeded | × tutorial | attention / sampler |", "|" + " --- |" * 13]
+             "| peak torch MiB | × plain | × plain-unseeded | × tutorial | attention / runner / sampler |", "|" + " --- |" * 13]
     for mode, r in results["rows"].items():
         if "error" in r:
             cells = [f"failed: {r['error'].splitlines()[0][:150]}"] + [""] * 10
@@ -400,7 +407,7 @@ def markdown(results: dict) -> str:
             cells = [r["records"], fmt(r["seconds"]), fmt(r["requests_per_s"], 2), fmt(r["output_tok_s"]),
                      fmt(r["total_tok_s"]), fmt(r.get("peak_gpu_mib"), 0), fmt(r.get("torch_peak_mib"), 0),
                      fmt(r["x_plain"], 4, "g"), fmt(r["x_plain-unseeded"], 4, "g"), fmt(r["x_tutorial"], 4, "g"),
-                     " / ".join(filter(None, (r.get("attention"), r.get("sampler")))) or "–"]
+                     " / ".join(filter(None, (r.get("attention"), r.get("runner"), r.get("sampler")))) or "–"]
         lines.append(f"| {mode} | {MODES[mode]} | " + " | ".join(map(str, cells)) + " |")
     if any(len(r.get("trials", ())) > 1 for r in results["rows"].values()):
         lines += ["", "Each row is the fastest of its trials (generation seconds, in the order run): " + "; ".join(

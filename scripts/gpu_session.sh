@@ -4,7 +4,7 @@
 #   1 sampler   the sampling step alone (bench_sampler.py): vLLM unseeded, vLLM seeded, s2-vllm's
 #               SeededSampler, at Qwen3's vocabulary (151,936) and the stand-in's (2,565)
 #   2 seeds     bench.py plain, plain-unseeded, s2 with --repeat 2 (alternating trials)
-#   3 rest      bench.py s2-vllm-sampler, s2-noprefix, s2-thinking, hf
+#   3 rest      bench.py s2-own-sampler (s2-vllm's SeededSampler on CUDA), s2-noprefix, s2-thinking, hf
 #   4 describe  bench_describe.py describe, plain, vllm-per-clip on Qwen2.5-Omni-7B's thinker shape,
 #               if OMNI (default .bench/omni-7b-shape) is there when the stage starts (.whl-audio: installed first)
 #
@@ -39,7 +39,7 @@ stage() {  # stage NAME COMMAND...: COMMAND's output in OUTDIR/NAME.log, its exi
 stage sampler python3 scripts/bench_sampler.py --device "$device" "${sampler[@]}" --out "$out/sampler.json"
 stage seeds python3 scripts/bench.py "${bench[@]}" --modes plain,plain-unseeded,s2 --repeat 2 \
     --workdir "$work/seeds" --out "$out/seeds.json"
-stage rest python3 scripts/bench.py "${bench[@]}" --modes s2-vllm-sampler,s2-noprefix,s2-thinking,hf \
+stage rest python3 scripts/bench.py "${bench[@]}" --modes s2-own-sampler,s2-noprefix,s2-thinking,hf \
     --workdir "$work/rest" --out "$out/rest.json"
 if [ -d .whl-audio ]; then  # the decoders' wheels, carried by a later call than the kit (docs/BENCHMARKS.md)
     python3 -m pip install -q --no-index --no-deps --target "${SITE:-/tmp/site}" .whl-audio/*.whl
