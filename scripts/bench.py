@@ -294,8 +294,8 @@ def run_mode(mode: str, spec: dict, spec_path: Path, timeout: int) -> dict:
     if mode.startswith("s2"):
         toml.write_text(s2_toml(spec, mode), "utf-8")
         cmd = ["-m", "s2_vllm", "run", "--engine", "vllm", "--config", str(toml), "--audio", spec["audio"],
-               "--subtitles", spec["subtitles"], "--limit", str(n), "--no-progress", "--show-engine-log", "-o", str(output),
-               *(["--replicas", "2"] if mode == "s2-replicas2" else [])]
+               "--subtitles", spec["subtitles"], "--limit", str(n), "--no-progress", "--show-engine-log",
+               "-o", str(output), *(["--replicas", "2"] if mode == "s2-replicas2" else [])]
     else:
         cmd = [__file__, "--worker", mode, str(spec_path)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -333,7 +333,7 @@ def backends(log: str, device: str, mode: str) -> dict:
         return {}
     attention = ATTENTION_LOG.findall(log)
     runner = "V2" if "Using V2 Model Runner" in log else "V1"
-    seeded = mode not in ("plain-unseeded", "paper")
+    seeded = mode != "plain-unseeded"  # the paper loop's one SamplingParams has seed 0: a generator per request
     if "sampling with SeededSampler" in log:
         sampler = "s2-vllm SeededSampler"
     elif runner == "V2":  # one batched Gumbel pass keyed on (seed, position); FlashInfer only without explicit seeds
@@ -377,7 +377,8 @@ def finish(results: dict) -> None:
         if "seconds" in r:
             r.update(requests_per_s=r["records"] / r["seconds"], output_tok_s=r["output_tokens"] / r["seconds"],
                      total_tok_s=(r["prompt_tokens"] + r["output_tokens"]) / r["seconds"])
-    for base in ("plain", "plain-unseeded", "tutorial"):  # ratios of output tokens/s: subsets of different sizes compare per token
+    # ratios of output tokens/s: subsets of different sizes compare per token
+    for base in ("plain", "plain-unseeded", "tutorial"):
         ref = rows.get(base, {}).get("output_tok_s")
         for r in rows.values():
             r[f"x_{base}"] = r["output_tok_s"] / ref if ref and "output_tok_s" in r else None
@@ -399,7 +400,8 @@ def markdown(results: dict) -> str:
     spec, micro, rl = results["spec"], results.get("micro") or {}, results.get("roofline")
     host = spec["host"]
     lines = ["| mode | what | records | wall s | req/s | output tok/s | total tok/s | peak GPU MiB (nvidia-smi) "
-             "| peak torch MiB | × plain | × plain-unseeded | × tutorial | attention / runner / sampler |", "|" + " --- |" * 13]
+             "| peak torch MiB | × plain | × plain-unseeded | × tutorial | attention / runner / sampler |",
+             "|" + " --- |" * 13]
     for mode, r in results["rows"].items():
         if "error" in r:
             cells = [f"failed: {r['error'].splitlines()[0][:150]}"] + [""] * 10

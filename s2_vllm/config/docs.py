@@ -67,7 +67,8 @@ def fingerprinted_block() -> str:
             parts.append(f"every key of `[{table}]`")
         else:
             parts += [f"`{table}.{s.name}`" for s in marked]
-    return (f"Fingerprinted: {', '.join(parts)}; {', '.join(when_set)} when not at their default; and the SHA-256 of the "
+    return (f"Fingerprinted: {', '.join(parts)}; {', '.join(when_set)} when not at their default; and the "
+            "SHA-256 of the "
             "tokenizer's chat template. Every other key is a speed or plumbing knob and may change between a "
             "run and its resume.")
 

@@ -88,7 +88,8 @@ class SamplingConfig:
                        "(on its CPU build, and its V1 GPU runner, a generator per request: slower; its V2 GPU runner "
                        "draws them in one pass). `auto`: `s2` on vLLM's CPU build, `vllm` on CUDA. `unseeded`: "
                        "vLLM's sampler without per-record seeds: a record's text then depends on its batch and "
-                       "changes on resume. The hf engine ignores it.", choices=SAMPLERS, fp="sampling.sampler", fp_if_set=True)
+                       "changes on resume. The hf engine ignores it.",
+                       choices=SAMPLERS, fp="sampling.sampler", fp_if_set=True)
 
     @property
     def greedy(self) -> bool:

@@ -18,14 +18,20 @@ from s2_vllm.errors import ConfigError
 from s2_vllm.model_config import text_config
 
 
+def sizes(cfg: EngineConfig) -> tuple[int, int]:
+    """(tensor_parallel_size, pipeline_parallel_size), 1 where unset."""
+    return cfg.tensor_parallel_size or 1, cfg.pipeline_parallel_size or 1
+
+
 def ranks(cfg: EngineConfig) -> int:
     """The worker processes (CPU) or GPUs one engine uses: tensor x pipeline parallel size."""
-    return (cfg.tensor_parallel_size or 1) * (cfg.pipeline_parallel_size or 1)
+    tp, pp = sizes(cfg)
+    return tp * pp
 
 
 def check_shape(cfg: EngineConfig, model_config: Any | None) -> None:
     """Refuse a tensor/pipeline split the model cannot take (None: its config could not be read: vLLM decides)."""
-    tp, pp = cfg.tensor_parallel_size or 1, cfg.pipeline_parallel_size or 1
+    tp, pp = sizes(cfg)
     if model_config is None or tp * pp == 1:
         return
     text = text_config(model_config)
@@ -67,7 +73,7 @@ def check_placement(cfg: EngineConfig, replicas: int, cores: int) -> None:
     needed = ranks(cfg) * replicas
     if needed <= cores:
         return
-    tp, pp = cfg.tensor_parallel_size or 1, cfg.pipeline_parallel_size or 1
+    tp, pp = sizes(cfg)
     shape = f"tensor_parallel_size {tp} x pipeline_parallel_size {pp}"
     fits = f"at most {cores} ranks x replicas, e.g. {shape} with {cores // ranks(cfg)} replica(s)" \
         if ranks(cfg) <= cores else f"at most {cores} ranks in all (tensor_parallel_size x pipeline_parallel_size)"

@@ -63,7 +63,8 @@ def cpu_settings(cfg: EngineConfig, environ: Mapping[str, str], *, available: in
 
     each = "engine" if ranks(cfg) == 1 else "rank"
     if "VLLM_CPU_KVCACHE_SPACE" in environ:
-        out.notes.append(f"KV cache: {environ['VLLM_CPU_KVCACHE_SPACE']} GiB per {each} (VLLM_CPU_KVCACHE_SPACE, as set)")
+        out.notes.append(f"KV cache: {environ['VLLM_CPU_KVCACHE_SPACE']} GiB per {each} "
+                         "(VLLM_CPU_KVCACHE_SPACE, as set)")
     elif cfg.gpu_memory_utilization is None and "kv_cache_memory_bytes" not in cfg.extra:
         # Without either, vLLM's CPU worker reserves gpu_memory_utilization (0.92) of the whole
         # NUMA node and refuses to start when less than that is free, which is the usual case.
