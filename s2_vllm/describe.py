@@ -21,6 +21,7 @@ from s2_vllm.config.tables import default_sources
 from s2_vllm.errors import UserError
 from s2_vllm.records import Record
 from s2_vllm.stage import Stage
+from s2_vllm.stages import entry
 from s2_vllm.template import DEFAULT_TEMPLATE
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def describe_stage(config: Config, inputs: ClipInputs) -> Stage:
                     workers=lambda: decode_workers(config), ahead=audio.decode_ahead,
                     processes=audio.decode_in == "processes")
     return Stage(
-        STAGE,
+        entry(STAGE),
         read=lambda config, echo: clip_records(config, inputs, echo),
         precheck=lambda config: _precheck(config, inputs),
         marks={"audio": {"sample_rate": audio.sample_rate, "max_seconds": audio.max_seconds,

@@ -17,10 +17,10 @@ from typing import IO
 
 import orjson
 
-from s2_vllm.checkpoint import atomic_write, merge_rows, read_manifest
-from s2_vllm.config.fingerprint import stage_of
+from s2_vllm.checkpoint import atomic_write, merge_rows
 from s2_vllm.errors import InputError, UserError
-from s2_vllm.labels import STAGE, normalize_label, parse_labels
+from s2_vllm.labels import normalize_label, parse_labels
+from s2_vllm.stages import written_by
 
 
 def demo_gold_path() -> Path:
@@ -157,11 +157,11 @@ def evaluate(gold: dict[str, list[str]], predicted: dict[str, list[str]],
 
 def read_predictions(path: Path) -> tuple[dict[str, list[str]], set[str]]:
     """(file_id -> labels of the `ok` rows, ids whose row is not ok) of an extract-labels checkpoint."""
-    marks = (read_manifest(path) or {}).get("fingerprint")
+    stage = written_by(path)
     rows, _ = merge_rows([Path(path)])
     ok_rows = [r for r in rows if r.status == "ok"]
     failed = {r.file_id for r in rows if r.status != "ok"}
-    if (marks and stage_of(marks) != STAGE) or any(r.labels is None for r in ok_rows):
+    if (stage is not None and "evaluate" not in stage.read_by) or any(r.labels is None for r in ok_rows):
         raise UserError(f"{path} is not an extract-labels checkpoint; run `s2-vllm extract-labels` on it first")
     return {r.file_id: [x for x in map(normalize_label, r.labels or []) if x] for r in ok_rows}, failed
 

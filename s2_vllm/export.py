@@ -20,13 +20,12 @@ FORMATS = ("json", "jsonl", "csv")
 
 
 def text_key_of(checkpoints: list[Path]) -> str:
-    """The JSON export's text field: `generated_text` for describe checkpoints (step 2 reads it), else
-    `final_description` (the tutorial's output)."""
-    from s2_vllm.checkpoint import read_manifest
-    from s2_vllm.config.fingerprint import stage_of
+    """The JSON export's text field: what the registry says for the stage that wrote the checkpoints
+    (`generated_text` for step 1, which step 2 reads; else the tutorial's `final_description`)."""
+    from s2_vllm.stages import entry, written_by
 
-    stage = stage_of((read_manifest(checkpoints[0]) or {}).get("fingerprint")) if checkpoints else None
-    return "generated_text" if stage == "describe" else "final_description"
+    stage = written_by(checkpoints[0]) if checkpoints else None
+    return (stage or entry("run")).export_key
 
 
 def _write_json(rows: Iterable[Row], f: IO[bytes], statuses: tuple[str, ...], text_key: str) -> int:

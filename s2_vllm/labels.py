@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from s2_vllm.checkpoint import Row, check_one_run, merge_rows, read_manifest
-from s2_vllm.config import Config, SourceSpec, fingerprint
+from s2_vllm import stages
+from s2_vllm.checkpoint import Row
+from s2_vllm.config import Config, SourceSpec
 from s2_vllm.errors import UserError
 from s2_vllm.records import Record
 from s2_vllm.stage import Stage
@@ -101,7 +102,7 @@ def label_stage(inputs: list[Path]) -> Stage:
     [engine], [sampling], [hf] and [prompt] system/enable_thinking come from the config; its [prompt]
     template is used when it has a {description} placeholder (a fusion template is replaced)."""
     return Stage(
-        STAGE,
+        stages.entry(STAGE),
         read=lambda config, echo: description_records(inputs, echo),
         precheck=lambda config: _check_inputs(inputs),
         marks={"label_parser": PARSER_VERSION},
@@ -112,28 +113,33 @@ def label_stage(inputs: list[Path]) -> Stage:
 
 
 def _check_inputs(paths: list[Path]) -> None:
-    """Before the engine is checked: the inputs exist, are of one run, and are fusion checkpoints."""
+    """Before the engine is checked: the inputs exist, are of one run, and are checkpoints the label pass reads."""
+    from s2_vllm.checkpoint import check_one_run
+
     check_one_run(paths)
-    for path in paths:
-        if fingerprint.stage_of((read_manifest(path) or {}).get("fingerprint")) == STAGE:
-            raise UserError(f"{path} holds emotion labels; give the checkpoint written by `s2-vllm run`")
+    stages.check_inputs(paths, STAGE)
 
 
 def description_records(paths: list[Path], echo: Callable[[str], None]) -> list[Record]:
     """One record per `ok` row of fusion checkpoints (the last row of an id wins, shards merge)."""
     _check_inputs(paths)
-    rows, _ = merge_rows(paths)
-    records = []
-    for row in rows:
-        if row.labels is not None:
-            raise UserError("the input holds emotion labels; give the checkpoint written by `s2-vllm run`")
-        if row.status == "ok":
-            text = (row.final_description or "").strip()
-            records.append(Record(row.file_id, {"description": text}, None if text else "empty final_description"))
+    source = stages.read_checkpoint_source(paths)
+    if source.stage is None and source.pairs and _has_labels(paths):
+        raise UserError("the input holds emotion labels; give the checkpoint written by `s2-vllm run`")
+    records = [Record(fid, {"description": text.strip()}, None if text.strip() else "empty final_description")
+               for fid, text in source.pairs]
     name = str(paths[0]) if len(paths) == 1 else f"{len(paths)} checkpoints"
-    echo(f"read {len(rows)} rows from {name}: {len(records)} ok descriptions to label"
-         + (f", {len(rows) - len(records)} not ok (left out)" if len(rows) > len(records) else ""))
+    left = source.total - len(records)
+    echo(f"read {source.total} rows from {name}: {len(records)} ok descriptions to label"
+         + (f", {left} not ok (left out)" if left else ""))
     return records
+
+
+def _has_labels(paths: list[Path]) -> bool:
+    """A checkpoint without a manifest is known by its rows: label rows carry `labels`."""
+    from s2_vllm.checkpoint import iter_rows
+
+    return any(row.labels is not None for path in paths for row in iter_rows(path))
 
 
 def add_labels(row: Row) -> Row:

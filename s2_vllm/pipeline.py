@@ -35,7 +35,8 @@ from s2_vllm.reaper import Watchdog, stop_leftovers
 from s2_vllm.records import Record
 from s2_vllm.runner import Runner
 from s2_vllm.signals import Interrupted
-from s2_vllm.stage import FUSION, Stage, select
+from s2_vllm.stage import FUSION, PassThrough, Stage, select
+from s2_vllm.stages import check_output
 
 T = TypeVar("T")
 RENDER_AHEAD = 4096  # prompts rendered ahead of the engine: before it starts, then on a helper thread
@@ -55,11 +56,19 @@ class RunOptions:
 
 
 @dataclass
-class EngineSetup:
-    """What the engine needs, worked out once per run before the checkpoint opens."""
+class Pass:
+    """One pass's parts, worked out by `run` before the engine starts, for `_generate`."""
 
-    kwargs: dict[str, Any] | None  # vLLM's checked arguments (None: hf)
+    config: Config
+    options: RunOptions
+    stage: Stage
+    builder: PromptBuilder  # renders and tokenizes the records
+    store: CheckpointStore  # open, locked, resumed
+    stats: RunStats
+    kwargs: dict[str, Any] | None  # vLLM's checked arguments (None: another engine)
     model_config: Any | None  # the model's config.json, as transformers reads it
+    echo: Echo
+    engine: Engine | None = None  # a running engine the caller keeps (tests share one); None: built here
 
 
 def run(config: Config, options: RunOptions, echo: Echo, *, stage: Stage = FUSION,
@@ -78,31 +87,22 @@ def run(config: Config, options: RunOptions, echo: Echo, *, stage: Stage = FUSIO
     model_config = read_model_config(config.engine)
     builder = PromptBuilder(config, tokenizer, resolve_max_model_len(config, model_config),
                             audio_tokens=stage.audio_tokens)
-    setup = EngineSetup(kwargs, model_config)
     chat_template = str(getattr(tokenizer, "chat_template", None) or "")
     if not options.overwrite:
-        check_output_stage(options.output, stage.name)
+        check_output(options.output, stage.entry)
     with CheckpointStore(options.output) as store:
         done = store.open(
             stage.fingerprint(config, chat_template), overwrite=options.overwrite,
             retry_failed=options.retry_failed, repair=options.repair,
         )
-        if store.backup is not None:
-            echo(f"moved the old checkpoint to {store.backup}")
-        if store.torn:
-            echo(f"cut a torn last line ({store.torn} bytes) from {options.output}; its record runs again")
-        if store.rejected:
-            echo(f"moved {store.rejected} damaged line{'s' * (store.rejected != 1)} to {store.rejected_path}; "
-                 "their records run again")
-        if store.retried:
-            echo(f"removed {store.retried} error/length row{'s' * (store.retried != 1)} from {options.output}; "
-                 "their records run again")
+        _say_repairs(store, options.output, echo)
         pending = [r for r in records if r.file_id not in done]
         stats = RunStats(total=len(records), resumed=len(records) - len(pending))
         if stats.resumed:
             echo(f"resuming {options.output}: {stats.resumed} of {len(records)} records already done")
         if pending:
-            _generate(config, setup, options, store, builder, pending, stats, stage, echo, engine)
+            _generate(Pass(config, options, stage, builder, store, stats, kwargs, model_config, echo, engine),
+                      pending)
         summary = stats.summary(config.run.engine)
         store.write_summary(summary)
     for line in summary_lines(summary):
@@ -113,73 +113,66 @@ def run(config: Config, options: RunOptions, echo: Echo, *, stage: Stage = FUSIO
     return summary
 
 
-HOLDS = {None: "fused descriptions (s2-vllm run)", "extract-labels": "emotion labels (s2-vllm extract-labels)",
-         "describe": "clip descriptions (s2-vllm describe)"}
+def _say_repairs(store: CheckpointStore, output: Path, echo: Echo) -> None:
+    if store.backup is not None:
+        echo(f"moved the old checkpoint to {store.backup}")
+    if store.torn:
+        echo(f"cut a torn last line ({store.torn} bytes) from {output}; its record runs again")
+    if store.rejected:
+        echo(f"moved {store.rejected} damaged line{'s' * (store.rejected != 1)} to {store.rejected_path}; "
+             "their records run again")
+    if store.retried:
+        echo(f"removed {store.retried} error/length row{'s' * (store.retried != 1)} from {output}; "
+             "their records run again")
 
 
-def check_output_stage(output: Path, stage: str | None) -> None:
-    """The checkpoint to resume was written by this command, not another one's pass."""
-    from s2_vllm.checkpoint import read_manifest
-    from s2_vllm.config.fingerprint import stage_of
-
-    manifest = read_manifest(output) if output.is_file() and output.stat().st_size else None
-    if manifest is not None and (old := stage_of(manifest.get("fingerprint"))) != stage:
-        raise UserError(f"{output} holds {HOLDS.get(old, old)}, not {HOLDS.get(stage, stage)}: choose another -o, "
-                        "or --overwrite to start over (the old file is kept as a backup)")
-
-
-def _generate(config: Config, setup: EngineSetup, options: RunOptions, store: CheckpointStore,
-              builder: PromptBuilder, pending: list[Record], stats: RunStats, stage: Stage,
-              echo: Echo, given: Engine | None = None) -> None:
-    store.write_summary(stats.summary(config.run.engine))
+def _generate(p: Pass, pending: list[Record]) -> None:
+    """Start the engine on the first prompts, feed it the rest, write each row as it finishes."""
+    config, options, store = p.config, p.options, p.store
+    store.write_summary(p.stats.summary(config.run.engine))
     # The checkpoint's lock is ours, so an engine on this list belongs to a run that is gone.
-    stop_leftovers(store.files.engine_pids, echo)
+    stop_leftovers(store.files.engine_pids, p.echo)
     if config.run.engine == "vllm":
-        check_shape(config.engine, setup.model_config)
-    platforms = platform_settings(config, setup.model_config)
+        check_shape(config.engine, p.model_config)
+    platforms = platform_settings(config, p.model_config)
     if platforms:
         for note in platforms[0].notes:
-            echo(f"vLLM on CPU: {note}")
-    log_path = store.files.engine_log
+            p.echo(f"vLLM on CPU: {note}")
     if not options.show_engine_log:
-        echo(f"engine log: {log_path} (--show-engine-log shows it here)")
+        p.echo(f"engine log: {store.files.engine_log} (--show-engine-log shows it here)")
+    feed = p.stage.feed or PassThrough()
     watchdog = Watchdog(store.files.engine_pids)
     try:
-        with EngineLog(log_path, live=options.show_engine_log):
-            # The first prompts are rendered and tokenized before the engine starts, in this thread: they are
-            # ready when it is, their tokenizing takes no CPU from the model while it generates (it would, on
-            # vLLM's CPU build), and no thread of ours runs while vLLM forks its engine process.
-            rendered = iter_prompts(builder, pending)
-            head = collections.deque(itertools.islice(rendered, RENDER_AHEAD))
-            if stage.feed is not None:  # describe: the first clips are decoded now, so the engine starts on them
-                head = collections.deque(stage.feed.prepare(list(head)))
+        with EngineLog(store.files.engine_log, live=options.show_engine_log):
+            # The first prompts are rendered, tokenized and fed (describe: their clips decoded) before the engine
+            # starts, in this thread: they are ready when it is, their tokenizing takes no CPU from the model while
+            # it generates (it would, on vLLM's CPU build), and no thread of ours runs while vLLM forks its engine.
+            rendered = iter_prompts(p.builder, pending)
+            head = collections.deque(feed.prepare(list(itertools.islice(rendered, RENDER_AHEAD))))
             try:
-                engine = given if given is not None else create_engine(
-                    config, builder.tokenizer, kwargs=setup.kwargs, platforms=platforms, notify=say_above_bar)
+                engine = p.engine if p.engine is not None else create_engine(
+                    config, p.builder.tokenizer, kwargs=p.kwargs, platforms=platforms, notify=say_above_bar)
             except EngineError as exc:
                 raise EngineError(f"{exc}{_see_log(options)}") from exc
-            stats.engine_ready = time.monotonic()
-            stats.details = engine.summary_details  # a replica pool adds per-replica numbers
-            progress = ProgressBar(stats, enabled=options.progress, file=console())
+            p.stats.engine_ready = time.monotonic()
+            p.stats.details = engine.summary_details  # a replica pool adds per-replica numbers
+            progress = ProgressBar(p.stats, enabled=options.progress, file=console())
             try:
                 for note in engine.notes():
                     say_above_bar(note)
-                runner = Runner(engine, store, stats, seed=config.sampling.seed,
+                runner = Runner(engine, store, p.stats, seed=config.sampling.seed,
                                 thinking=config.prompt.enable_thinking, in_flight=config.run.in_flight,
-                                progress=progress, postprocess=stage.postprocess)
+                                progress=progress, postprocess=p.stage.postprocess)
                 with prefetched(rendered, depth=RENDER_AHEAD) as rest:
                     prompts = itertools.chain(_drained(head), rest)
                     del head  # each prompt (and its clip's samples) is let go as the runner takes it
-                    if stage.feed is None:
-                        runner.run(prompts)
-                    else:
-                        with stage.feed.stream(prompts) as fed:
-                            runner.run(fed, ready=fed.ready)
+                    with feed.stream(prompts) as fed:
+                        runner.run(fed, ready=fed.ready)
             except EngineError as exc:
                 raise EngineError(f"{exc}{_see_log(options)}") from exc
             finally:
                 progress.close()
-                if given is None:
+                if p.engine is None:
                     engine.close()
     finally:
         watchdog.close()

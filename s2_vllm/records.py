@@ -12,12 +12,12 @@ import io
 import re
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import orjson
 
@@ -29,6 +29,7 @@ _BOM = b"\xef\xbb\xbf"
 _FIRST = re.compile(rb"[ \t\r\n]*([^ \t\r\n])")
 _FIRST_LINE = re.compile(rb"[ \t\r\n]*([^\n]*)")
 _MISSING: Any = object()
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,28 +224,26 @@ def _open_source(spec: SourceSpec) -> _Rows:
 
 
 def _describe_rows(spec: SourceSpec) -> _Rows | None:
-    """A `describe` checkpoint given as a source (a glob for its shards): its `ok` rows, the description as the
-    source's text. None when the path is not one."""
-    import glob
-
-    from s2_vllm.checkpoint import check_one_run, merge_rows, read_manifest
-    from s2_vllm.config.fingerprint import stage_of
+    """A step 1 checkpoint given as a source (a glob for its shards): its `ok` rows, the description as the
+    source's text. None when the path is not a checkpoint some stage feeds to `run`."""
+    from s2_vllm import stages
 
     assert spec.path is not None
-    pattern = spec.path
-    paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) and not Path(pattern).exists() else [pattern]
-    if not paths:
-        raise InputError(f"no file matches {pattern}")
-    if not all(stage_of((read_manifest(p) or {}).get("fingerprint")) == "describe" for p in paths):
+    paths = stages.expand(spec.path)
+    written = [stages.written_by(p) for p in paths]
+    if not all(stage is not None and "run" in stage.read_by for stage in written):
         if len(paths) > 1:
-            raise InputError(f"{pattern} matches {len(paths)} files; only `s2-vllm describe` shards are merged")
-        return None if paths[0] == pattern else _read(Path(paths[0]), spec.format)
-    if spec.name == "subtitle":
-        raise InputError(f"{pattern} holds clip descriptions (s2-vllm describe), not subtitles: give it as --audio")
-    check_one_run([Path(p) for p in paths])
-    rows, _ = merge_rows([Path(p) for p in paths])
-    ok = [{spec.id_key: row.file_id, spec.text_key: row.final_description} for row in rows if row.status == "ok"]
-    return _Rows(ok, lambda i: f"ok row {i + 1}")
+            raise InputError(f"{spec.path} matches {len(paths)} files; only the shards of one step 1 run are merged")
+        return None if str(paths[0]) == spec.path else _read(paths[0], spec.format)
+    stage = written[0]
+    assert stage is not None
+    if spec.name in stage.not_as:
+        raise InputError(f"{spec.path} holds {stage.describe()}, not {spec.name}s: {stage.as_hint}")
+    source = stages.read_checkpoint_source(paths)
+    rows = [{spec.id_key: fid, spec.text_key: text} for fid, text in source.pairs]
+    if not rows:
+        raise InputError(f"{spec.path} has no ok rows to read (it holds {source.counts()})")
+    return _Rows(rows, lambda i: f"ok row {i + 1}")
 
 
 def _pairs(spec: SourceSpec, table: _Rows) -> Iterator[tuple[str, str | None]]:
@@ -347,17 +346,29 @@ def _match(names: list[str], tables: list[dict[str, str | None]]) -> tuple[list[
     return records, empty
 
 
+def one_per_id(pairs: Iterable[tuple[str, T]], keep: str) -> tuple[dict[str, T], dict[str, list[T]]]:
+    """One value per id, in the order the ids first occur: the first or the last (`keep`; "error" keeps the last
+    and leaves the refusal to the caller, which names things its own way). Also every value of each id seen twice."""
+    kept: dict[str, T] = {}
+    repeated: dict[str, list[T]] = {}
+    for fid, value in pairs:
+        if fid in kept:
+            repeated.setdefault(fid, [kept[fid]] if fid not in repeated else []).append(value)
+            if keep == "first":
+                continue
+        kept[fid] = value
+    return kept, {fid: repeated[fid] for fid in kept if fid in repeated}
+
+
 def _duplicates(spec: SourceSpec, on_duplicate: str, ids: dict[str, str | None]) -> int:
     """Rare, so the file is read again for the details; "first" replaces the texts in `ids`."""
-    pairs = load_source(spec)
-    repeated = [fid for fid, n in Counter(fid for fid, _ in pairs).items() if n > 1]
-    if on_duplicate == "first":
-        ids.update(reversed(pairs))
-    elif on_duplicate == "error":
-        shown = ", ".join(repr(fid) for fid in repeated[:3]) + (", ..." if len(repeated) > 3 else "")
-        ids = "id occurs" if len(repeated) == 1 else "ids occur"
+    kept, repeated = one_per_id(load_source(spec), on_duplicate)
+    if on_duplicate == "error":
+        shown = ", ".join(repr(fid) for fid in list(repeated)[:3]) + (", ..." if len(repeated) > 3 else "")
+        what = "id occurs" if len(repeated) == 1 else "ids occur"
         hint = "pass --on-duplicate first|last to keep one occurrence"
-        raise InputError(f"{spec.path}: {len(repeated)} {ids} more than once ({shown}); {hint}")
+        raise InputError(f"{spec.path}: {len(repeated)} {what} more than once ({shown}); {hint}")
+    ids.update(kept)
     return len(repeated)
 
 

@@ -19,6 +19,7 @@ from s2_vllm.config.tables import PromptConfig
 from s2_vllm.errors import ConfigError, InputError
 from s2_vllm.prompts import Prompt
 from s2_vllm.records import Record, join
+from s2_vllm.stages import StageEntry, entry
 from s2_vllm.template import PromptTemplate
 
 Echo = Callable[[str], None]
@@ -42,13 +43,40 @@ class Feed(Protocol):
         """All the prompts, head included, as the runner takes them."""
 
 
+class PassThrough:
+    """The feed of a stage whose prompts need nothing more: every prompt is ready as it is rendered."""
+
+    def prepare(self, head: list[Prompt]) -> list[Prompt]:
+        return head
+
+    def stream(self, prompts: Iterable[Prompt]) -> _Through:
+        return _Through(iter(prompts))
+
+
+class _Through(Iterator[Prompt]):
+    def __init__(self, prompts: Iterator[Prompt]):
+        self.prompts = prompts
+
+    def __next__(self) -> Prompt:
+        return next(self.prompts)
+
+    def ready(self) -> bool:
+        return True
+
+    def __enter__(self) -> _Through:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 def _no_check(config: Config) -> None:
     return None
 
 
 @dataclass(frozen=True)
 class Stage:
-    name: str | None  # in the fingerprint; None for the fusion pass, whose checkpoints predate stages
+    entry: StageEntry  # its registry entry: what its checkpoint is (its `mark` goes in the fingerprint)
     read: Callable[[Config, Echo], list[Record]]  # its records, in output order
     precheck: Callable[[Config], None] = _no_check  # cheap checks of its inputs, before the engine is checked
     marks: Mapping[str, Any] = field(default_factory=dict)  # added to the fingerprint beside its name
@@ -61,7 +89,7 @@ class Stage:
     feed: Feed | None = None  # between the rendered prompts and the runner (describe: decodes the clips)
 
     def fingerprint(self, config: Config, chat_template: str) -> dict[str, Any]:
-        return config.fingerprint(stage=self.name, marks=self.marks, chat_template=chat_template)
+        return config.fingerprint(stage=self.entry.mark, marks=self.marks, chat_template=chat_template)
 
     def configure(self, config: Config, echo: Echo) -> Config:
         """The config this stage runs with: the given one, or with its own sources and (maybe) prompt."""
@@ -102,7 +130,7 @@ def joined_records(config: Config, echo: Echo) -> list[Record]:
     return records
 
 
-FUSION = Stage(None, read=joined_records, precheck=check_source_paths)
+FUSION = Stage(entry("run"), read=joined_records, precheck=check_source_paths)
 
 
 def shard_of(file_id: str, count: int) -> int:

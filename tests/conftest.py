@@ -13,6 +13,14 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tokenizer(tiny_model):
+    """The tiny model's tokenizer (a real fast tokenizer with Qwen3's chat template)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+@pytest.fixture(scope="session")
 def tiny_omni(tmp_path_factory) -> Path:
     """A tiny random Qwen2.5-Omni thinker (audio in, text out) with its processor, built once per test session."""
     return build_tiny_omni(tmp_path_factory.mktemp("omni") / "tiny-qwen2.5-omni")

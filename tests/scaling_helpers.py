@@ -7,6 +7,7 @@ from pathlib import Path
 
 import orjson
 
+from helpers import rows
 from s2_vllm import pipeline
 from s2_vllm.config import Config
 from s2_vllm.tiny import demo_paths
@@ -51,10 +52,6 @@ def run(c: Config, output: Path, **options: object) -> dict:
 def cli_args(model: Path, inputs: tuple[Path, Path]) -> list[str]:
     return ["run", "--engine", "hf", "--model", str(model), "--audio", str(inputs[0]), "--subtitles", str(inputs[1]),
             "--max-tokens", str(MAX_TOKENS), "--temperature", "0", "--batch-size", "1", "--no-progress"]
-
-
-def rows(path: Path) -> list[dict]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
 def by_id(path: Path) -> dict[str, dict]:

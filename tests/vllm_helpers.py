@@ -11,6 +11,7 @@ from pathlib import Path
 
 import orjson
 
+from helpers import rows
 from s2_vllm.reaper import alive, descendants
 
 # Greedy, every record exactly MAX_TOKENS long (ignore_eos), no compile step (enforce_eager):
@@ -50,10 +51,6 @@ def cli(*args: str, env: dict[str, str] | None = None, **kw) -> subprocess.Popen
     env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "s2_vllm", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, **kw)
-
-
-def rows(path: Path) -> list[dict]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
 def wait_for_rows(path: Path, n: int, process: subprocess.Popen, timeout: float = 600) -> bool:

@@ -76,20 +76,13 @@ def read_manifest(path: str | Path, id_key: str = "file_id", path_key: str = "pa
 
 
 def check_unique(clips: list[Clip], on_duplicate: str) -> list[Clip]:
-    """One clip per id: `error` names the clash, `first`/`last` keep one."""
-    seen: dict[str, Clip] = {}
-    clashes: dict[str, list[str]] = {}
-    for clip in clips:
-        if clip.file_id in seen:
-            clashes.setdefault(clip.file_id, [seen[clip.file_id].path]).append(clip.path)
-            if on_duplicate == "last":
-                seen[clip.file_id] = clip
-        else:
-            seen[clip.file_id] = clip
+    """One clip per id (in the order ids first occur): `error` names the clash, `first`/`last` keep one."""
+    from s2_vllm.records import one_per_id
+
+    kept, clashes = one_per_id(((clip.file_id, clip) for clip in clips), on_duplicate)
     if clashes and on_duplicate == "error":
         file_id, where = next(iter(clashes.items()))
         more = f" (and {len(clashes) - 1} more ids)" if len(clashes) > 1 else ""
         raise InputError(f"{len(clashes)} clip id{'s' * (len(clashes) > 1)} given twice: '{file_id}' is "
-                         f"{' and '.join(where)}{more}; rename them or use --on-duplicate first|last")
-    order = {c.file_id: i for i, c in enumerate(clips) if seen.get(c.file_id) is c}
-    return sorted(seen.values(), key=lambda c: order[c.file_id])
+                         f"{' and '.join(c.path for c in where)}{more}; rename them or use --on-duplicate first|last")
+    return list(kept.values())

@@ -10,6 +10,7 @@ from s2_vllm.config.tables import (
     TABLES,
     AudioConfig,
     EngineConfig,
+    FakeConfig,
     HFConfig,
     ParallelConfig,
     PromptConfig,
@@ -20,7 +21,7 @@ from s2_vllm.config.tables import (
 )
 
 __all__ = [
-    "ENGINES", "ON_DUPLICATE", "SOURCE_FORMATS", "TABLES", "AudioConfig", "Config", "EngineConfig", "HFConfig", "ParallelConfig",
-    "PromptConfig", "RunConfig", "SamplingConfig", "SourceSpec", "apply_overrides", "config_from_dict",
+    "ENGINES", "ON_DUPLICATE", "SOURCE_FORMATS", "TABLES", "AudioConfig", "Config", "EngineConfig", "FakeConfig",
+    "HFConfig", "ParallelConfig", "PromptConfig", "RunConfig", "SamplingConfig", "SourceSpec", "apply_overrides", "config_from_dict",
     "default_sources", "load_config",
 ]

@@ -18,6 +18,7 @@ from s2_vllm.config.tables import (
     TABLES,
     AudioConfig,
     EngineConfig,
+    FakeConfig,
     HFConfig,
     ParallelConfig,
     PromptConfig,
@@ -37,6 +38,7 @@ class Config:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     hf: HFConfig = field(default_factory=HFConfig)
+    fake: FakeConfig = field(default_factory=FakeConfig)
     run: RunConfig = field(default_factory=RunConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)

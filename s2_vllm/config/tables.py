@@ -15,7 +15,7 @@ from s2_vllm.template import DEFAULT_TEMPLATE
 
 ON_DUPLICATE = ("error", "first", "last")
 SOURCE_FORMATS = ("json", "jsonl", "csv")
-ENGINES = ("vllm", "hf")
+ENGINES = ("vllm", "hf", "fake")
 SAMPLERS = ("auto", "s2", "vllm", "unseeded")
 _NON_EMPTY = {"pattern": r"(?s).+", "expect": "a non-empty string"}
 
@@ -159,10 +159,25 @@ class HFConfig:
 
 
 @dataclass
+class FakeConfig:
+    """`[fake]`: the fake engine (`[run] engine = "fake"`): no model, answers picked by a hash of each prompt;
+    for tests and dry runs of a pipeline (`s2_vllm/engines/testing.py`)."""
+
+    words: int = key(12, "Words per answer (each counts as a token; more than `max_tokens`: status `length`).", min=0)
+    latency: float = key(0.0, "Seconds each engine step takes.", min=0)
+    per_step: int = key(4, "Requests finished per step, newest first (out of order, as vLLM's come).", min=1)
+    in_flight: int = key(16, "Requests the runner keeps added at once.", min=1)
+    fail_ids: list[str] = key(factory=list, doc="Ids whose request ends as an error row.", default_doc="`[]`")
+    refuse_ids: list[str] = key(factory=list, doc="Ids whose request the engine refuses when it is added.",
+                                default_doc="`[]`")
+
+
+@dataclass
 class RunConfig:
     """`[run]`: which engine, where the rows go, how inputs are joined and fed."""
 
-    engine: str = key("vllm", "`vllm` (GPU, or vLLM's CPU build) or `hf` (transformers).", choices=ENGINES)
+    engine: str = key("vllm", "`vllm` (GPU, or vLLM's CPU build), `hf` (transformers) or `fake` (no model: "
+                      "tests and dry runs, [`[fake]`](#fake)).", choices=ENGINES)
     output: str = key("s2_final_descriptions.jsonl", "The checkpoint `run` writes when `-o` is not given.",
                       **_NON_EMPTY)
     on_duplicate: str = key("error", "An id twice in one source: stop naming them, or keep its first or last row.",
@@ -203,7 +218,7 @@ class AudioConfig:
 
 
 TABLES: dict[str, type] = {"engine": EngineConfig, "prompt": PromptConfig, "sampling": SamplingConfig,
-                           "hf": HFConfig, "run": RunConfig, "parallel": ParallelConfig, "audio": AudioConfig}
+                           "hf": HFConfig, "fake": FakeConfig, "run": RunConfig, "parallel": ParallelConfig, "audio": AudioConfig}
 
 
 def default_sources() -> list[SourceSpec]:

@@ -55,6 +55,10 @@ class EngineFactory:
 
     def __call__(self, index: int = 0, tokenizer: Any = None) -> Engine:
         config = self.config
+        if config.run.engine == "fake":
+            from s2_vllm.engines.testing import FakeEngine
+
+            return FakeEngine(config.fake, config.sampling)
         if config.run.engine == "hf":
             from s2_vllm.engines.hf import HFEngine
             from s2_vllm.prompts import load_tokenizer

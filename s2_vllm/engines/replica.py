@@ -128,8 +128,8 @@ def replica_config(config: Config) -> Config:
 
 
 def gpus_per_replica(config: Config) -> int:
-    if config.run.engine == "hf":
-        return 0 if config.hf.device == "cpu" else 1
+    if config.run.engine != "vllm":
+        return 0 if config.run.engine == "fake" or config.hf.device == "cpu" else 1
     e = config.engine
     return (e.tensor_parallel_size or 1) * (e.pipeline_parallel_size or 1)
 

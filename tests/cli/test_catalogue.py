@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import orjson
+from helpers import rows
 import pytest
 from click.testing import CliRunner
 
@@ -234,10 +235,6 @@ def test_output_written_with_another_config_is_refused_and_kept(tiny_model, tmp_
 
 # ---------------------------------------------------------------------------------------------
 # documented outcomes: the run goes on and the row says what happened
-
-
-def rows(path: Path) -> list[dict]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
 def run_ok(model: Path, d: Path, files: dict, args: list[str], **kw):

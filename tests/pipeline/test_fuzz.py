@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 
 import orjson
+from helpers import REPO
 import pytest
 from click.testing import CliRunner
 
@@ -31,7 +32,7 @@ from s2_vllm.cli import cli
 from s2_vllm.config import Config, EngineConfig
 from s2_vllm.tiny import demo_paths
 
-PACKAGE = Path(__file__).resolve().parents[1] / "s2_vllm"
+PACKAGE = REPO / "s2_vllm"
 OVERWRITE = "run with --overwrite to start over (the old file is kept as a backup) or choose another --output"
 # One torch thread per process: with the default (a thread per core) a CPU shared with another
 # process (the reference run below, or anything else on a 2-core box) runs ~10x slower.

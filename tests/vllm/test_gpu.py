@@ -20,10 +20,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 pytestmark = pytest.mark.gpu
 
-REPO = Path(__file__).resolve().parents[1]
 N_RECORDS = 200
 RUN_TIMEOUT = 540  # seconds per CLI run; engine start with enforce_eager takes well under a minute
 

@@ -24,8 +24,8 @@ from s2_vllm.errors import ConfigError, EngineError
 vllm = pytest.importorskip("vllm")
 from vllm.outputs import CompletionOutput, RequestOutput  # noqa: E402
 from vllm.sampling_params import RequestOutputKind  # noqa: E402
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 # --- an in-process double of vllm.v1.engine.llm_engine.LLMEngine -------------------------

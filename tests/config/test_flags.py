@@ -12,6 +12,7 @@ import pytest
 from s2_vllm.cli import cli
 from s2_vllm.config import Config
 from s2_vllm.flags import FLAGS, config_from, shard_output
+from helpers import REPO
 
 COMMANDS = ("run", "render", "extract-labels", "describe")
 AUDIO = {"max_seconds", "decode_workers", "decode_in", "decode_ahead"}
@@ -77,7 +78,7 @@ def test_a_shard_names_the_default_output():
 
 
 def test_the_readme_flag_table_matches_the_commands():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
     table = readme.split("| option | commands | meaning |", 1)[1].split("\n\n", 1)[0]
     listed: dict[str, set[str]] = {c: set() for c in COMMANDS}
     for line in table.splitlines()[2:]:

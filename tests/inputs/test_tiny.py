@@ -22,11 +22,6 @@ def digest(path: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_model):
-    return AutoTokenizer.from_pretrained(tiny_model)
-
-
-@pytest.fixture(scope="module")
 def demo():
     audio, subtitles = tiny.demo_paths()
     return json.loads(audio.read_text("utf-8")), json.loads(subtitles.read_text("utf-8"))

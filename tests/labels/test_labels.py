@@ -1,6 +1,7 @@
 """extract-labels: the answer parser, the stage's config and records, and the stage on the tiny model."""
 
 import orjson
+from helpers import rows
 import pytest
 from click.testing import CliRunner
 
@@ -113,10 +114,6 @@ def flow(tiny_model, tmp_path_factory):
     results.append(CliRunner().invoke(cli, ["extract-labels", str(fused), *model, "-o", str(labels)]))
     results.append(CliRunner().invoke(cli, ["evaluate", str(labels), "--gold", str(demo_gold_path())]))
     return fused, labels, model, results
-
-
-def rows(path):
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
 def test_three_commands_end_to_end(flow):

@@ -11,8 +11,10 @@ from s2_vllm.config import Config, SourceSpec
 from s2_vllm.pipeline import RunOptions, run
 from s2_vllm.records import Record
 from s2_vllm.stage import FUSION, Stage, shard_of
+from s2_vllm.stages import StageEntry
 
 IDS = [f"r{i}" for i in range(12)]
+SHOUT = StageEntry("shout", "shout", "shouts", "final_description")  # a stage of the test's own
 
 
 def tiny_config(model) -> Config:
@@ -26,7 +28,7 @@ def tiny_config(model) -> Config:
 def test_a_stage_brings_its_records_sources_prompt_marks_and_postprocess(tiny_model, tmp_path):
     echoed = []
     stage = Stage(
-        "shout", read=lambda config, echo: [Record(i, {"clue": f"clue {i}"}) for i in IDS],
+        SHOUT, read=lambda config, echo: [Record(i, {"clue": f"clue {i}"}) for i in IDS],
         marks={"version": 3}, postprocess=lambda row: dataclasses.replace(row, labels=["seen"]),
         sources=(SourceSpec("clue", "clue", "file_id", "text"),), template="Clue: {clue}\nEmotion:", prompt_name="shout",
     )
@@ -46,7 +48,7 @@ def test_a_stage_brings_its_records_sources_prompt_marks_and_postprocess(tiny_mo
 
 
 def test_a_custom_template_without_the_stage_placeholder_is_replaced_with_a_note():
-    stage = Stage("shout", read=lambda c, e: [], sources=(SourceSpec("clue", "clue"),), template="{clue}",
+    stage = Stage(SHOUT, read=lambda c, e: [], sources=(SourceSpec("clue", "clue"),), template="{clue}",
                   prompt_name="shout")
     config, echoed = Config(), []
     config.prompt.template = "Only {subtitle}"

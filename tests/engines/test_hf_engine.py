@@ -8,11 +8,6 @@ from s2_vllm.engines.base import GenerationRequest, record_seed
 from s2_vllm.engines.hf import HFEngine
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model):
-    return AutoTokenizer.from_pretrained(tiny_model)
-
-
 def engine(tiny_model, tokenizer, batch_size=4, **sampling):
     return HFEngine(EngineConfig(model=str(tiny_model)), SamplingConfig(**{"max_tokens": 12, **sampling}),
                     HFConfig(batch_size=batch_size, device="cpu"), tokenizer)

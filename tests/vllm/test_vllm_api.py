@@ -14,9 +14,10 @@ from types import SimpleNamespace
 import pytest
 
 from s2_vllm.engines import vllm_api
+from helpers import REPO
 
 pytest.importorskip("vllm")
-PACKAGE = Path(__file__).resolve().parents[1] / "s2_vllm"
+PACKAGE = REPO / "s2_vllm"
 
 
 def test_every_internal_is_in_the_installed_vllm():

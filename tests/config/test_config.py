@@ -8,8 +8,9 @@ from s2_vllm.config import TABLES, Config, SourceSpec, config_from_dict, load_co
 from s2_vllm.config.schema import specs
 from s2_vllm.errors import ConfigError
 from s2_vllm.template import DEFAULT_TEMPLATE
+from helpers import REPO
 
-CONFIGS = sorted(Path(__file__).parent.parent.glob("configs/*.toml"))
+CONFIGS = sorted(REPO.glob("configs/*.toml"))
 
 
 def test_defaults_reproduce_the_tutorial():

@@ -11,11 +11,6 @@ from s2_vllm.records import Record
 from s2_vllm.results import row_for_completion, split_thinking
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model):
-    return AutoTokenizer.from_pretrained(tiny_model)
-
-
 def record(audio="A shaky, quiet voice {\"pitch\": \"high\"}.", subtitle="我没事 😢 {laughs}", rid="r1"):
     return Record(rid, {"audio": audio, "subtitle": subtitle})
 

@@ -9,8 +9,9 @@ from click.testing import CliRunner
 
 from s2_vllm.cli import cli
 from s2_vllm.config import config_from_dict, load_config
+from helpers import REPO
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = REPO / "README.md"
 
 
 def sources(config) -> list[tuple[str, str, str, str]]:

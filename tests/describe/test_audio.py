@@ -137,7 +137,7 @@ def test_one_clip_per_id():
     assert str(caught.value) == ("1 clip id given twice: 'a' is x/a.wav and y/a.mp4; rename them or use "
                                  "--on-duplicate first|last")
     assert check_unique(clips, "first") == clips[:2]
-    assert check_unique(clips, "last") == [Clip("b", "x/b.wav"), Clip("a", "y/a.mp4")]
+    assert check_unique(clips, "last") == [Clip("a", "y/a.mp4"), Clip("b", "x/b.wav")]  # as join orders ids
 
 
 class CountingFeed(ClipFeed):

@@ -13,8 +13,9 @@ import pytest
 from s2_vllm.config import TABLES, SourceSpec, config_from_dict
 from s2_vllm.config.docs import DOCS, block, blocks
 from s2_vllm.config.schema import specs
+from helpers import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 
 
 @pytest.mark.parametrize("name", DOCS)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import orjson
+from helpers import REPO
 import pytest
 
 from s2_vllm.checkpoint import (
@@ -23,7 +24,6 @@ from s2_vllm.checkpoint import (
 from s2_vllm.config import Config
 from s2_vllm.errors import CheckpointError
 
-REPO = Path(__file__).resolve().parents[1]
 FP = Config().fingerprint()
 OVERWRITE = "run with --overwrite to start over (the old file is kept as a backup) or choose another --output"
 

@@ -16,6 +16,7 @@ from s2_vllm.describe import DEFAULT_MODEL, TEMPLATE, TEMPLATE_WITH_SUBTITLE, Cl
 from s2_vllm.errors import ConfigError
 from s2_vllm.prompts import PromptBuilder, load_tokenizer
 from s2_vllm.records import Record
+from helpers import REPO
 
 DESCRIBE_FP = {"model": "tiny-omni", "stage": "describe", "audio": {"sample_rate": 16000}}
 
@@ -141,7 +142,7 @@ def test_the_shipped_describe_configs_configure_describe(name, model):
 
     from s2_vllm.config import load_config
 
-    config = load_config(Path(__file__).parent.parent / "configs" / name)
+    config = load_config(REPO / "configs" / name)
     described = describe_stage(config, ClipInputs(("clips",))).configure(config, print)
     described.validate()
     assert (described.engine.model, described.prompt.template, described.sources) == (model, TEMPLATE, [])
@@ -194,7 +195,7 @@ def test_run_audio_glob_that_matches_nothing(tmp_path, monkeypatch, tiny_model):
 
 
 def test_the_refusals_are_in_the_error_catalogue():
-    doc = (Path(__file__).parent.parent / "docs" / "errors.md").read_text(encoding="utf-8").split("## describe", 1)[1]
+    doc = (REPO / "docs" / "errors.md").read_text(encoding="utf-8").split("## describe", 1)[1]
     for case, _, _, message in REFUSALS:
         assert f"`{message.replace('|', chr(92) + '|')}`" in doc, case
 
