@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from s2_vllm.config import FakeConfig, SamplingConfig
@@ -26,16 +26,21 @@ WORDS = ("calm", "tense", "joyful", "sad", "angry", "surprised", "anxious", "war
 class FakeEngine(Engine):
     name = "fake"
 
-    def __init__(self, fake: FakeConfig | None = None, sampling: SamplingConfig | None = None, **changes: Any):
-        """`changes` override `fake`'s keys: FakeEngine(words=3, refuse_ids=["b"])."""
+    def __init__(self, fake: FakeConfig | None = None, sampling: SamplingConfig | None = None, *,
+                 on_step: Callable[[FakeEngine], None] | None = None, **changes: Any):
+        """`changes` override `fake`'s keys: FakeEngine(words=3, refuse_ids=["b"]). `on_step` is called at each
+        step, after `steps` is counted (a test sends a signal or raises there)."""
+        self.on_step = on_step
         fake = fake or FakeConfig()
         self.settings = FakeConfig(**{**vars(fake), **changes})
         self.max_tokens = (sampling or SamplingConfig()).max_tokens
         self.fail_ids = set(self.settings.fail_ids)
         self.refuse_ids = set(self.settings.refuse_ids)
         self.queue: list[GenerationRequest] = []
-        self.steps = 0
+        self.steps = 0  # what a test may look at afterwards
         self.added = 0
+        self.peak_in_flight = 0
+        self.aborted = False
         self.closed = False
 
     def in_flight(self) -> int:
@@ -48,9 +53,12 @@ class FakeEngine(Engine):
             raise ValueError("empty prompt")
         self.queue.append(request)
         self.added += 1
+        self.peak_in_flight = max(self.peak_in_flight, len(self.queue))
 
     def step(self) -> list[Completion]:
         self.steps += 1
+        if self.on_step is not None:
+            self.on_step(self)
         if self.settings.latency:
             time.sleep(self.settings.latency)
         n = self.settings.per_step
@@ -71,6 +79,7 @@ class FakeEngine(Engine):
         return bool(self.queue)
 
     def abort(self) -> None:
+        self.aborted = True
         self.queue.clear()
 
     def close(self) -> None:

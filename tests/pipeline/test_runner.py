@@ -3,52 +3,17 @@
 import os
 import signal
 
-from s2_vllm.engines.base import Completion, Engine, record_seed
+from s2_vllm.engines.testing import FakeEngine, answer_words
 from s2_vllm.progress import RunStats
 from s2_vllm.prompts import Prompt
 from s2_vllm.runner import Runner
 
 
-class ShuffledEngine(Engine):
-    """Finishes the newest request first, two per step; refuses ids in `refuse`."""
-
-    name = "shuffled"
+class ShuffledEngine(FakeEngine):
+    """The shipped fake engine, finishing the newest two requests per step."""
 
     def __init__(self, capacity=4, refuse=(), on_step=None):
-        self._capacity = capacity
-        self.refuse = set(refuse)
-        self.queue = []
-        self.max_seen = 0
-        self.aborted = False
-        self.on_step = on_step
-        self.steps = 0
-
-    def in_flight(self):
-        return self._capacity
-
-    def add(self, request):
-        if request.key in self.refuse:
-            raise ValueError(f"bad request {request.key}\nsecond line")
-        self.queue.append(request)
-        self.max_seen = max(self.max_seen, len(self.queue))
-
-    def step(self):
-        self.steps += 1
-        if self.on_step:
-            self.on_step(self)
-        done, self.queue = self.queue[-2:][::-1], self.queue[:-2]
-        return [Completion(r.key, f"text of {r.key} seed {r.seed}", "stop", len(r.prompt_token_ids), 3)
-                for r in done]
-
-    def has_unfinished(self):
-        return bool(self.queue)
-
-    def abort(self):
-        self.aborted = True
-        self.queue.clear()
-
-    def close(self):
-        pass
+        super().__init__(in_flight=capacity, per_step=2, words=3, refuse_ids=list(refuse), on_step=on_step)
 
 
 class ListSink:
@@ -72,9 +37,10 @@ def test_every_prompt_written_once_and_window_respected():
     stats = Runner(engine, sink, RunStats(total=10, resumed=0), seed=7, thinking=False).run(prompts(10))
     assert sorted(r.file_id for r in sink.rows) == sorted(f"id{i}" for i in range(10))
     assert [r.file_id for r in sink.rows][:2] == ["id2", "id1"]  # finished out of order, written as they came
-    assert engine.max_seen == 3
+    assert engine.peak_in_flight == 3
     row = next(r for r in sink.rows if r.file_id == "id4")
-    assert row.final_description == f"text of id4 seed {record_seed(7, 'id4')}"
+    words = answer_words([1] * 5, b"", 3)
+    assert row.final_description == f"[{words[0]}, {words[1]}] {words[2]}"
     assert (row.status, row.prompt_tokens, row.completion_tokens) == ("ok", 5, 3)
     assert stats.statuses == {"ok": 10} and stats.completion_tokens == 30
 
@@ -85,7 +51,7 @@ def test_a_refused_request_is_an_error_row_and_the_rest_go_on():
     by_id = {r.file_id: r for r in sink.rows}
     assert len(sink.rows) == 6
     assert by_id["id3"].status == "error"
-    assert by_id["id3"].error == "engine refused the request: bad request id3"
+    assert by_id["id3"].error == "engine refused the request: the fake engine refuses id3 ([fake] refuse_ids)"
     assert all(r.status == "ok" for k, r in by_id.items() if k != "id3")
 
 

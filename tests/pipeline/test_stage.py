@@ -20,7 +20,7 @@ SHOUT = StageEntry("shout", "shout", "shouts", "final_description")  # a stage o
 def tiny_config(model) -> Config:
     config = Config()
     config.engine.model = str(model)
-    config.run.engine = "hf"
+    config.run.engine = "fake"  # the engine is not the point here
     config.sampling.max_tokens, config.sampling.temperature = 4, 0.0
     return config
 
