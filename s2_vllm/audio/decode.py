@@ -1,8 +1,9 @@
 """One clip file → mono float32 samples at the model's rate, or the reason it cannot be had.
 
 soundfile (libsndfile) reads WAV, FLAC and OGG fast; PyAV (FFmpeg) reads the rest, audio tracks of
-videos included, and does all resampling (libswresample). Both release the GIL while they work, so
-a few threads decode in parallel. A problem with one file is a `ClipError` with a short reason that
+videos included, and does all resampling (libswresample). soundfile reads a file in one call without
+the GIL; PyAV decodes frame by frame and holds it between frames, which is why the feed's workers are
+processes by default (docs/BENCHMARKS.md). A problem with one file is a `ClipError` with a short reason that
 becomes that record's error row; a missing library is a `UserError` for the whole run.
 """
 
