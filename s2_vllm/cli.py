@@ -64,7 +64,7 @@ def cli(debug: bool) -> None:
 
 
 @cli.command()
-@flags.use("config_path", *flags.SOURCES, *flags.PROMPT, "on_duplicate", "limit", "shard")
+@flags.use("config_path", *flags.SOURCES, *flags.PROMPT, "on_duplicate", "cut_rows", "limit", "shard")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Checkpoint JSONL. [default: s2_final_descriptions.jsonl]")
 @flags.use(*flags.GENERATE, *flags.CHECKPOINT)
@@ -95,12 +95,12 @@ def _run_options(output: str | None, default: str, params: dict[str, Any]) -> An
     shard = flags.parse_shard(params["shard"])
     path = output if output is not None else flags.shard_output(default, shard)
     return RunOptions(Path(path), overwrite=params["overwrite"], retry_failed=params["retry_failed"],
-                      repair=params["repair"], limit=params["limit"], shard=shard,
+                      retry_cut=params["retry_cut"], repair=params["repair"], limit=params["limit"], shard=shard,
                       progress=not params["no_progress"], show_engine_log=params["show_engine_log"])
 
 
 @cli.command()
-@flags.use("config_path", *flags.SOURCES, *flags.PROMPT, "on_duplicate", "limit", "shard")
+@flags.use("config_path", *flags.SOURCES, *flags.PROMPT, "on_duplicate", "cut_rows", "limit", "shard")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="prompts.jsonl", show_default=True)
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 def render(output: str, force: bool, limit: int | None, shard: str | None, **params: Any) -> None:
@@ -235,12 +235,13 @@ def demo(directory: str, max_tokens: int, engine: str | None, from_audio: bool) 
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Labels checkpoint JSONL (resumable, like run's). [default: emotion_labels.jsonl]")
-@flags.use("config_path", *flags.PROMPT, "limit", "shard", *flags.GENERATE, *flags.CHECKPOINT,
+@flags.use("config_path", *flags.PROMPT, "cut_rows", "limit", "shard", *flags.GENERATE, *flags.CHECKPOINT,
            max_tokens=64, temperature=0.0)
 def extract_labels(checkpoints: tuple[str, ...], output: str | None, **params: Any) -> None:
     """List the emotion labels each fused description supports (OV-MER), resumable like run.
 
-    Reads the ok rows of fusion checkpoints (shards are merged); each row of the output keeps the
+    Reads the ok and length rows of fusion checkpoints (shards are merged; --cut-rows skip reads
+    ok rows only); each row of the output keeps the
     model's answer in final_description and the parsed, lower-cased labels in labels. From a
     --config, everything but [sources], [run] output/on_duplicate and [sampling]
     max_tokens/temperature (which come from the flags) applies; a [prompt] template with

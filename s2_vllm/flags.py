@@ -63,6 +63,8 @@ FLAGS: dict[str, Flag] = {f.dest: f for f in [
     Flag(("--enable-thinking/--no-enable-thinking",), "Qwen3 thinking mode.", "prompt.enable_thinking"),
     Flag(("--too-long",), "Prompts over the context.", "prompt.too_long"),
     Flag(("--on-duplicate",), "Duplicate ids in a source.", "run.on_duplicate"),
+    Flag(("--cut-rows",), "Input checkpoint rows cut at max_tokens (status length): use or skip.",
+         "run.cut_rows"),
     Flag(("--limit",), "Only the first N records.", type=click.IntRange(min=1)),
     Flag(("--shard",), "Only shard I of N (0-based, stable hash of file_id), e.g. 0/4."),
     Flag(("--engine",), "vllm (GPU, default), hf (transformers) or fake (no model: tests, dry runs).",
@@ -83,7 +85,9 @@ FLAGS: dict[str, Flag] = {f.dest: f for f in [
     Flag(("--decode-ahead",), "Most decoded clips waiting for the engine.", "audio.decode_ahead"),
     Flag(("--overwrite",), "Start over when the checkpoint has another config (keeps a backup).",
          extra={"is_flag": True}),
-    Flag(("--retry-failed",), "Run again the records whose row is error or length.", extra={"is_flag": True}),
+    Flag(("--retry-failed",), "Run again the records whose row is error (length rows are results).", extra={"is_flag": True}),
+    Flag(("--retry-cut",), "Run again the records whose row is length (cut at max_tokens); give a larger "
+         "--max-tokens with it.", extra={"is_flag": True}),
     Flag(("--repair",), "Move damaged checkpoint lines to .rejected and redo them.", extra={"is_flag": True}),
     Flag(("--no-progress",), "No progress bar.", extra={"is_flag": True}),
     Flag(("--show-engine-log",), "Show the engine's own log (vLLM's INFO lines, its processes' output) here "
@@ -93,7 +97,7 @@ FLAGS: dict[str, Flag] = {f.dest: f for f in [
 SOURCES = ("audio", "subtitles", "extra_sources")
 PROMPT = ("model", "tokenizer", "max_model_len", "max_tokens", "enable_thinking", "too_long")
 GENERATE = ("engine", "temperature", "top_p", "top_k", "seed", "batch_size", "in_flight", "replicas", "ray_address")
-CHECKPOINT = ("overwrite", "retry_failed", "repair", "no_progress", "show_engine_log")
+CHECKPOINT = ("overwrite", "retry_failed", "retry_cut", "repair", "no_progress", "show_engine_log")
 AUDIO = ("max_seconds", "decode_workers", "decode_in", "decode_ahead")
 
 

@@ -103,7 +103,7 @@ def label_stage(inputs: list[Path]) -> Stage:
     template is used when it has a {description} placeholder (a fusion template is replaced)."""
     return Stage(
         stages.entry(STAGE),
-        read=lambda config, echo: description_records(inputs, echo),
+        read=lambda config, echo: description_records(inputs, echo, stages.usable_statuses(config.run.cut_rows)),
         precheck=lambda config: _check_inputs(inputs),
         marks={"label_parser": PARSER_VERSION},
         postprocess=add_labels,
@@ -120,18 +120,18 @@ def _check_inputs(paths: list[Path]) -> None:
     stages.check_inputs(paths, STAGE)
 
 
-def description_records(paths: list[Path], echo: Callable[[str], None]) -> list[Record]:
-    """One record per `ok` row of fusion checkpoints (the last row of an id wins, shards merge)."""
+def description_records(paths: list[Path], echo: Callable[[str], None],
+                        statuses: tuple[str, ...] = ("ok", "length")) -> list[Record]:
+    """One record per row of fusion checkpoints whose status is in `statuses` (a row cut at `max_tokens` is a
+    result; the last row of an id wins, shards merge)."""
     _check_inputs(paths)
-    source = stages.read_checkpoint_source(paths)
+    source = stages.read_checkpoint_source(paths, statuses)
     if source.stage is None and source.pairs and _has_labels(paths):
         raise UserError("the input holds emotion labels; give the checkpoint written by `s2-vllm run`")
     records = [Record(fid, {"description": text.strip()}, None if text.strip() else "empty final_description")
                for fid, text in source.pairs]
     name = str(paths[0]) if len(paths) == 1 else f"{len(paths)} checkpoints"
-    left = source.total - len(records)
-    echo(f"read {source.total} rows from {name}: {len(records)} ok descriptions to label"
-         + (f", {left} not ok (left out)" if left else ""))
+    echo(f"read {source.total} rows from {name}: {len(records)} descriptions to label ({source.held()})")
     return records
 
 

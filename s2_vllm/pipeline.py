@@ -48,6 +48,7 @@ class RunOptions:
     output: Path
     overwrite: bool = False
     retry_failed: bool = False
+    retry_cut: bool = False
     repair: bool = False
     limit: int | None = None
     shard: tuple[int, int] | None = None  # (index, count), index from 0
@@ -93,9 +94,9 @@ def run(config: Config, options: RunOptions, echo: Echo, *, stage: Stage = FUSIO
     with CheckpointStore(options.output) as store:
         done = store.open(
             stage.fingerprint(config, chat_template), overwrite=options.overwrite,
-            retry_failed=options.retry_failed, repair=options.repair,
+            retry_failed=options.retry_failed, retry_cut=options.retry_cut, repair=options.repair,
         )
-        _say_repairs(store, options.output, echo)
+        _say_repairs(store, options.output, echo, config.sampling.max_tokens)
         pending = [r for r in records if r.file_id not in done]
         stats = RunStats(total=len(records), resumed=len(records) - len(pending))
         if stats.resumed:
@@ -113,7 +114,7 @@ def run(config: Config, options: RunOptions, echo: Echo, *, stage: Stage = FUSIO
     return summary
 
 
-def _say_repairs(store: CheckpointStore, output: Path, echo: Echo) -> None:
+def _say_repairs(store: CheckpointStore, output: Path, echo: Echo, max_tokens: int) -> None:
     if store.backup is not None:
         echo(f"moved the old checkpoint to {store.backup}")
     if store.torn:
@@ -122,8 +123,11 @@ def _say_repairs(store: CheckpointStore, output: Path, echo: Echo) -> None:
         echo(f"moved {store.rejected} damaged line{'s' * (store.rejected != 1)} to {store.rejected_path}; "
              "their records run again")
     if store.retried:
-        echo(f"removed {store.retried} error/length row{'s' * (store.retried != 1)} from {output}; "
-             "their records run again")
+        n = sum(store.retried.values())
+        kinds = " and ".join(f"{count} {status}" for status, count in sorted(store.retried.items()))
+        echo(f"removed {kinds} row{'s' * (n != 1)} from {output}; their records run again")
+    if store.raised_from is not None:
+        echo(f"raised {output}'s max_tokens from {store.raised_from} to {max_tokens}")
 
 
 def _generate(p: Pass, pending: list[Record]) -> None:

@@ -72,10 +72,11 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     ]
     if summary.get("truncated"):
         lines.append(f"truncated: {plural(summary['truncated'], 'prompt')} had a clue text or clip cut to fit the model")
-    failed = summary["statuses"].get("error", 0) + summary["statuses"].get("length", 0)
-    if failed:
-        lines.append(f"{plural(failed, 'record')} failed or stopped at max_tokens: `s2-vllm status` counts them, "
-                     f"--retry-failed runs them again")
+    if failed := summary["statuses"].get("error", 0):
+        lines.append(f"{plural(failed, 'record')} failed: `s2-vllm status` counts them, --retry-failed runs them again")
+    if cut := summary["statuses"].get("length", 0):
+        lines.append(f"{plural(cut, 'record')} stopped at max_tokens (status length, kept as results): "
+                     f"--retry-cut with a larger --max-tokens runs them again")
     return lines + replica_lines(summary)
 
 

@@ -14,7 +14,7 @@ from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -50,9 +50,11 @@ class JoinReport:
     empty: dict[str, int]  # matched ids whose text is empty / missing / null / whitespace-only
     skipped: int = 0  # records with a skip_reason
     on_duplicate: str = "error"
+    held: dict[str, str] = field(default_factory=dict)  # checkpoint sources: rows read and left out, by status
 
     def lines(self) -> list[str]:
-        froms = [f"{name} ({plural(self.rows.get(name, 0), 'row')})" for name in self.sources]
+        froms = [f"{name} ({plural(self.rows.get(name, 0), 'row')}"
+                 + (f" of a checkpoint: {self.held[name]})" if name in self.held else ")") for name in self.sources]
         joined = froms[0] if len(froms) == 1 else ", ".join(froms[:-1]) + " and " + froms[-1]
         keep = {"first": " (kept first)", "last": " (kept last)"}.get(self.on_duplicate, "")
         return [
@@ -73,6 +75,7 @@ class JoinReport:
 class _Rows:
     rows: list[Any]
     where: Callable[[int], str]  # row index -> "row 3" / "line 4", for messages
+    held: str | None = None  # a checkpoint read as a source: its rows by status (`CheckpointSource.held`)
 
 
 def read_rows(path: str | Path, fmt: str | None = None) -> list[dict[str, Any]]:
@@ -209,23 +212,24 @@ def _kind(value: Any) -> str:
     return kinds.get(type(value), "a number")
 
 
-def load_source(spec: SourceSpec) -> list[tuple[str, str | None]]:
-    """(id, text) per row in file order; text is None when missing, null, empty or whitespace-only."""
-    return list(_pairs(spec, _open_source(spec)))
+def load_source(spec: SourceSpec, statuses: tuple[str, ...] = ("ok", "length")) -> list[tuple[str, str | None]]:
+    """(id, text) per row in file order; text is None when missing, null, empty or whitespace-only. A step 1
+    checkpoint gives the rows whose status is in `statuses`."""
+    return list(_pairs(spec, _open_source(spec, statuses)))
 
 
-def _open_source(spec: SourceSpec) -> _Rows:
+def _open_source(spec: SourceSpec, statuses: tuple[str, ...]) -> _Rows:
     if not spec.path:
         raise InputError(f"no file given for source '{spec.name}'")
-    table = _describe_rows(spec) or _read(Path(spec.path), spec.format)
+    table = _describe_rows(spec, statuses) or _read(Path(spec.path), spec.format)
     if not table.rows:
         raise InputError(f"{spec.path} has no rows")
     return table
 
 
-def _describe_rows(spec: SourceSpec) -> _Rows | None:
-    """A step 1 checkpoint given as a source (a glob for its shards): its `ok` rows, the description as the
-    source's text. None when the path is not a checkpoint some stage feeds to `run`."""
+def _describe_rows(spec: SourceSpec, statuses: tuple[str, ...]) -> _Rows | None:
+    """A step 1 checkpoint given as a source (a glob for its shards): its rows with a status in `statuses`, the
+    description as the source's text. None when the path is not a checkpoint some stage feeds to `run`."""
     from s2_vllm import stages
 
     assert spec.path is not None
@@ -239,11 +243,12 @@ def _describe_rows(spec: SourceSpec) -> _Rows | None:
     assert stage is not None
     if spec.name in stage.not_as:
         raise InputError(f"{spec.path} holds {stage.describe()}, not {spec.name}s: {stage.as_hint}")
-    source = stages.read_checkpoint_source(paths)
+    source = stages.read_checkpoint_source(paths, statuses)
     rows = [{spec.id_key: fid, spec.text_key: text} for fid, text in source.pairs]
     if not rows:
-        raise InputError(f"{spec.path} has no ok rows to read (it holds {source.counts()})")
-    return _Rows(rows, lambda i: f"ok row {i + 1}")
+        wanted = " or ".join(statuses)
+        raise InputError(f"{spec.path} has no {wanted} rows to read (it holds {source.counts()})")
+    return _Rows(rows, lambda i: f"row {i + 1} read", source.held())
 
 
 def _pairs(spec: SourceSpec, table: _Rows) -> Iterator[tuple[str, str | None]]:
@@ -293,20 +298,25 @@ def _keys_hint(rows: list[dict[str, Any]], key: str) -> str:
     return f" (keys seen: {shown}" + (f"; did you mean '{close[0]}'?)" if close else ")")
 
 
-def join(specs: list[SourceSpec], on_duplicate: str = "error") -> tuple[list[Record], JoinReport]:
-    """Inner join of every source on id, in the first source's order (first occurrence of each id)."""
+def join(specs: list[SourceSpec], on_duplicate: str = "error",
+         statuses: tuple[str, ...] = ("ok", "length")) -> tuple[list[Record], JoinReport]:
+    """Inner join of every source on id, in the first source's order (first occurrence of each id); a step 1
+    checkpoint given as a source gives its rows whose status is in `statuses`."""
     names = [spec.name for spec in specs]
     if on_duplicate not in ON_DUPLICATE or not names or len(set(names)) != len(names):
         raise ValueError(f"join needs uniquely named sources and on_duplicate in {ON_DUPLICATE}, not {on_duplicate!r}")
     tables: list[dict[str, str | None]] = []
     rows: dict[str, int] = {}
     duplicates: dict[str, int] = {}
+    held: dict[str, str] = {}
     collecting = gc.isenabled()
     gc.disable()  # millions of new objects: the collector would rescan them all, for nothing
     try:
         for spec in specs:
-            table = _open_source(spec)
+            table = _open_source(spec, statuses)
             rows[spec.name] = len(table.rows)
+            if table.held is not None:
+                held[spec.name] = table.held
             ids = dict(_pairs(spec, table))  # last occurrence wins, in the order of first occurrence
             del table
             duplicates[spec.name] = 0 if len(ids) == rows[spec.name] else _duplicates(spec, on_duplicate, ids)
@@ -319,7 +329,7 @@ def join(specs: list[SourceSpec], on_duplicate: str = "error") -> tuple[list[Rec
     matched = len(records)
     only_in = {name: len(table) - matched for name, table in zip(names, tables)}
     skipped = sum(1 for record in records if record.skip_reason is not None) if any(empty.values()) else 0
-    return records, JoinReport(names, rows, matched, only_in, duplicates, empty, skipped, on_duplicate)
+    return records, JoinReport(names, rows, matched, only_in, duplicates, empty, skipped, on_duplicate, held)
 
 
 def _match(names: list[str], tables: list[dict[str, str | None]]) -> tuple[list[Record], dict[str, int]]:

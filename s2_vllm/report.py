@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from s2_vllm.checkpoint import FAILED, STATUSES, merge_rows, read_manifest, read_summary
+from s2_vllm.checkpoint import CUT, FAILED, STATUSES, merge_rows, read_manifest, read_summary
 from s2_vllm.config.fingerprint import headline
 from s2_vllm.errors import CheckpointError
 from s2_vllm.progress import replica_lines
@@ -22,9 +22,11 @@ def status_lines(paths: list[Path]) -> list[str]:
     lines = [f"{name}: {len(rows)} records done ({by_status})"]
     if info.get("duplicates"):
         lines.append(f"ids in more than one checkpoint: {info['duplicates']}")
-    failed = sum(counts[s] for s in FAILED)
-    if failed:
+    if failed := sum(counts[s] for s in FAILED):
         lines.append(f"failed: {failed}; run the same command with --retry-failed to run them again")
+    if cut := sum(counts[s] for s in CUT):
+        lines.append(f"stopped at max_tokens: {cut} (kept as results); the same command with --retry-cut and a "
+                     "larger --max-tokens runs them again")
     summaries = [read_summary(p) for p in paths]
     if all(summaries):
         total = sum(s["total"] for s in summaries)  # type: ignore[index]

@@ -19,7 +19,7 @@ from s2_vllm.config.tables import PromptConfig
 from s2_vllm.errors import ConfigError, InputError
 from s2_vllm.prompts import Prompt
 from s2_vllm.records import Record, join
-from s2_vllm.stages import StageEntry, entry
+from s2_vllm.stages import StageEntry, entry, usable_statuses
 from s2_vllm.template import PromptTemplate
 
 Echo = Callable[[str], None]
@@ -124,7 +124,7 @@ def _flag(source: str) -> str:
 def joined_records(config: Config, echo: Echo) -> list[Record]:
     """The fusion pass's records: the join of the config's sources, with its report."""
     check_source_paths(config)
-    records, report = join(config.sources, config.run.on_duplicate)
+    records, report = join(config.sources, config.run.on_duplicate, usable_statuses(config.run.cut_rows))
     for line in report.lines():
         echo(line)
     return records

@@ -85,6 +85,7 @@ class CheckpointSource:
     pairs: list[tuple[str, str]]
     statuses: Counter[str] = field(default_factory=Counter)
     stage: StageEntry | None = None
+    used: tuple[str, ...] = ("ok", "length")  # the statuses `pairs` were taken from
 
     @property
     def total(self) -> int:
@@ -93,6 +94,12 @@ class CheckpointSource:
     def counts(self) -> str:
         """`10 length, 3 error`: the statuses it holds, most first."""
         return ", ".join(f"{n} {status}" for status, n in self.statuses.most_common()) or "no rows"
+
+    def held(self) -> str:
+        """`10 length, 3 ok; left out: 3 error`: what was read, by status, and what was not."""
+        used = [f"{n} {s}" for s, n in self.statuses.most_common() if s in self.used]
+        left = [f"{n} {s}" for s, n in self.statuses.most_common() if s not in self.used]
+        return ", ".join(used or ["none"]) + ("; left out: " + ", ".join(left) if left else "")
 
 
 def expand(pattern: str) -> list[Path]:
@@ -105,7 +112,12 @@ def expand(pattern: str) -> list[Path]:
     return [Path(pattern)]
 
 
-def read_checkpoint_source(paths: Sequence[Path], statuses: tuple[str, ...] = ("ok",)) -> CheckpointSource:
+def usable_statuses(cut_rows: str = "use") -> tuple[str, ...]:
+    """The row statuses a checkpoint read as a source gives text from: a row cut at `max_tokens` is a result."""
+    return ("ok", "length") if cut_rows == "use" else ("ok",)
+
+
+def read_checkpoint_source(paths: Sequence[Path], statuses: tuple[str, ...] = ("ok", "length")) -> CheckpointSource:
     """The rows of one run's checkpoints (shards merged, the last row of an id wins) as (id, description)
     pairs, those with a status in `statuses`; every status is counted."""
     from s2_vllm.checkpoint import check_one_run, merge_rows
@@ -113,4 +125,4 @@ def read_checkpoint_source(paths: Sequence[Path], statuses: tuple[str, ...] = ("
     check_one_run(list(paths))
     rows, _ = merge_rows(list(paths))
     pairs = [(row.file_id, row.final_description or "") for row in rows if row.status in statuses]
-    return CheckpointSource(pairs, Counter(row.status for row in rows), written_by(paths[0]))
+    return CheckpointSource(pairs, Counter(row.status for row in rows), written_by(paths[0]), tuple(statuses))

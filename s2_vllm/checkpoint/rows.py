@@ -13,7 +13,8 @@ from s2_vllm.checkpoint.manifest import describe_changes, read_manifest
 from s2_vllm.errors import CheckpointError
 
 STATUSES = ("ok", "length", "error", "skipped")
-FAILED = ("error", "length")
+FAILED = ("error",)  # what --retry-failed runs again
+CUT = ("length",)  # results cut at max_tokens: what --retry-cut runs again
 STATUS = {s: s for s in STATUSES}  # validates and interns statuses while scanning
 
 

@@ -20,7 +20,7 @@ import orjson
 
 from s2_vllm.checkpoint.files import SideFiles, atomic_write, fsync_dir
 from s2_vllm.checkpoint.manifest import OVERWRITE, describe_changes, fingerprint_diff, new_manifest, read_manifest
-from s2_vllm.checkpoint.rows import FAILED, STATUS, STATUSES, Row, damaged, parse_line
+from s2_vllm.checkpoint.rows import CUT, FAILED, STATUS, STATUSES, Row, damaged, parse_line
 from s2_vllm.errors import CheckpointError
 
 
@@ -49,6 +49,13 @@ def _scan(path: Path) -> tuple[dict[str, str], list[int], int, int, int, int]:
     return seen, bad, dups, size, lineno, keep
 
 
+def _raises_max_tokens(diff: list[str], old: dict, new: dict) -> bool:
+    if diff != ["sampling.max_tokens"]:
+        return False
+    before, after = old["sampling"]["max_tokens"], new["sampling"]["max_tokens"]
+    return isinstance(before, int) and isinstance(after, int) and after >= before
+
+
 class CheckpointStore:
     """Append-only JSONL checkpoint with its side files (`SideFiles`): manifest, lock, summary."""
 
@@ -68,7 +75,9 @@ class CheckpointStore:
         self.counts: dict[str, int] = dict.fromkeys(STATUSES, 0)  # rows by status (the last row per id)
         self.resumed = 0  # rows found at open that count as done
         self.duplicates = 0  # rows superseded by a later row for the same file_id
-        self.torn = self.rejected = self.retried = 0  # at open: torn bytes cut, damaged lines moved, failed rows dropped
+        self.torn = self.rejected = 0  # at open: torn bytes cut, damaged lines moved
+        self.retried: Counter[str] = Counter()  # at open: rows dropped to run again, by status
+        self.raised_from: int | None = None  # at open: the max_tokens a --retry-cut raised
         self.backup: Path | None = None  # where overwrite moved the old files
         self._seen: dict[str, str] = {}
         self._size = 0  # end of the last whole line written
@@ -76,8 +85,10 @@ class CheckpointStore:
         self._broken: str | None = None
 
     def open(self, fingerprint: dict, *, overwrite: bool = False, retry_failed: bool = False,
-             repair: bool = False) -> set[str]:
-        """Lock, check fingerprint, scan, and return the file_ids already done."""
+             retry_cut: bool = False, repair: bool = False) -> set[str]:
+        """Lock, check fingerprint, scan, and return the file_ids already done. `retry_failed` drops the error
+        rows, `retry_cut` the length rows, and lets `sampling.max_tokens` be raised (the one change of config
+        a resume takes: rows that ended before the old limit end the same way under a larger one)."""
         if self._lock_fd is not None:
             raise RuntimeError(f"checkpoint {self.path} is already open")
         if not self.path.parent.is_dir():
@@ -87,7 +98,8 @@ class CheckpointStore:
         self._reset()
         try:
             self._lock()  # before anything else is touched
-            done = self._check_and_scan(fingerprint, overwrite, retry_failed, repair)
+            retry = (FAILED if retry_failed else ()) + (CUT if retry_cut else ())
+            done = self._check_and_scan(fingerprint, overwrite, retry, repair)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             self._size = os.fstat(self._fd).st_size
             fsync_dir(self.path.parent)
@@ -113,18 +125,26 @@ class CheckpointStore:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
-    def _check_and_scan(self, fingerprint: dict, overwrite: bool, retry_failed: bool, repair: bool) -> set[str]:
+    def _check_and_scan(self, fingerprint: dict, overwrite: bool, retry: tuple[str, ...], repair: bool) -> set[str]:
         if self.path.exists() and self.path.stat().st_size > 0:  # an empty file has nothing to protect
             if overwrite:
                 self._move_to_backup()
             elif (manifest := read_manifest(self.path)) is None:
                 raise CheckpointError(f"{self.path} has no manifest ({self.manifest_path.name}), so the config it "
                                       f"was written with cannot be checked; {OVERWRITE}")
-            elif fingerprint_diff(manifest["fingerprint"], fingerprint):
-                changes = describe_changes(manifest["fingerprint"], fingerprint)
-                raise CheckpointError(f"{self.path} was written with another config (changed: {changes}); {OVERWRITE}")
+            elif diff := fingerprint_diff(manifest["fingerprint"], fingerprint):
+                if not (CUT[0] in retry and _raises_max_tokens(diff, manifest["fingerprint"], fingerprint)):
+                    changes = describe_changes(manifest["fingerprint"], fingerprint)
+                    raised = _raises_max_tokens(diff, manifest["fingerprint"], fingerprint)
+                    hint = " (--retry-cut takes a larger max_tokens)" if raised else ""
+                    raise CheckpointError(f"{self.path} was written with another config (changed: {changes}){hint}; "
+                                          f"{OVERWRITE}")
+                done = self._resume(retry, repair)
+                self.raised_from = manifest["fingerprint"]["sampling"]["max_tokens"]
+                atomic_write(self.manifest_path, new_manifest(fingerprint))
+                return done
             else:
-                return self._resume(retry_failed, repair)
+                return self._resume(retry, repair)
         atomic_write(self.manifest_path, new_manifest(fingerprint))
         return set()
 
@@ -139,11 +159,11 @@ class CheckpointStore:
         fsync_dir(self.path.parent)
         self.backup = Path(base)
 
-    def _resume(self, retry_failed: bool, repair: bool) -> set[str]:
+    def _resume(self, retry: tuple[str, ...], repair: bool) -> set[str]:
         seen, bad, dups, size, lines, keep = _scan(self.path)
         if bad and not repair:
             raise damaged(self.path, bad)
-        drop = {fid for fid, st in seen.items() if st in FAILED} if retry_failed else set()
+        drop = {fid for fid, st in seen.items() if st in retry}
         try:
             if bad or drop:
                 self._compact(set(bad), drop, lines)
@@ -154,9 +174,10 @@ class CheckpointStore:
         except OSError as exc:
             raise CheckpointError(f"cannot rewrite {self.path}: {exc.strerror}; nothing was lost, "
                                   "fix that and run the same command") from None
+        self.retried = Counter(seen[fid] for fid in drop)
         for fid in drop:
             del seen[fid]
-        self.torn, self.rejected, self.retried = size - keep, len(bad), len(drop)
+        self.torn, self.rejected = size - keep, len(bad)
         self.duplicates, self.resumed, self._seen = dups, len(seen), seen
         self.counts.update(Counter(seen.values()))
         return set(seen)

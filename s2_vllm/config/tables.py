@@ -14,6 +14,7 @@ from s2_vllm.config.schema import key
 from s2_vllm.template import DEFAULT_TEMPLATE
 
 ON_DUPLICATE = ("error", "first", "last")
+CUT_ROWS = ("use", "skip")
 SOURCE_FORMATS = ("json", "jsonl", "csv")
 ENGINES = ("vllm", "hf", "fake")
 SAMPLERS = ("auto", "s2", "vllm", "unseeded")
@@ -182,6 +183,9 @@ class RunConfig:
                       **_NON_EMPTY)
     on_duplicate: str = key("error", "An id twice in one source: stop naming them, or keep its first or last row.",
                             choices=ON_DUPLICATE)
+    cut_rows: str = key("use", "Rows of a checkpoint read as input (`run --audio`/`--visual`, `extract-labels`) "
+                        "that stopped at `max_tokens` (status `length`): `use` reads their text as it is, "
+                        "`skip` reads `ok` rows only.", choices=CUT_ROWS)
     in_flight: int | None = key(None, "Requests kept inside the engine at once; with replicas, the total, split "
                                 "evenly.", min=1, default_doc="the engine's choice (vLLM: 2 × `max_num_seqs`)")
 

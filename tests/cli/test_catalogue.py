@@ -228,7 +228,8 @@ def test_output_written_with_another_config_is_refused_and_kept(tiny_model, tmp_
     before = snapshot(tmp_path)
     result = invoke(command(tiny_model, tmp_path, ["--max-tokens", "9"]))
     assert (result.exit_code, result.stderr) == (
-        2, f"Error: {tmp_path}/out.jsonl was written with another config (changed: sampling.max_tokens 8 -> 9); "
+        2, f"Error: {tmp_path}/out.jsonl was written with another config (changed: sampling.max_tokens 8 -> 9) "
+               "(--retry-cut takes a larger max_tokens); "
            f"{OVERWRITE}\n")
     assert snapshot(tmp_path) == before
 
@@ -331,5 +332,5 @@ def test_a_prompt_over_the_context_is_an_error_row_with_too_long_error(tiny_mode
     row = rows(tmp_path / "out.jsonl")[0]
     assert (row["status"], row["final_description"], row["finish_reason"]) == ("error", None, None)
     assert re.fullmatch(r"prompt has \d{4} tokens; the limit is 248", row["error"]), row["error"]
-    assert re.search(r"\n\d records? failed or stopped at max_tokens: `s2-vllm status` counts them, "
-                     r"--retry-failed runs them again\n", result.stdout)
+    assert re.search(r"\n\d records? failed: `s2-vllm status` counts them, --retry-failed runs them again\n",
+                     result.stdout)

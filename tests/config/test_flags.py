@@ -33,9 +33,9 @@ def test_a_shared_flag_has_one_name_and_one_help_everywhere():
 def test_each_command_takes_what_applies_to_it():
     run, render, labels, describe = (set(params(c)) & set(FLAGS) for c in COMMANDS)
     assert run == set(FLAGS) - AUDIO
-    assert describe == set(FLAGS) - {"audio", "extra_sources", "engine", "batch_size"}
+    assert describe == set(FLAGS) - {"audio", "extra_sources", "engine", "batch_size", "cut_rows"}
     assert render == set(FLAGS) - AUDIO - {"engine", "temperature", "top_p", "top_k", "seed", "batch_size", "in_flight",
-                                   "replicas", "ray_address", "overwrite", "retry_failed", "repair", "no_progress",
+                                   "replicas", "ray_address", "overwrite", "retry_failed", "retry_cut", "repair", "no_progress",
                                    "show_engine_log"}
     assert labels == set(FLAGS) - AUDIO - {"audio", "subtitles", "extra_sources", "on_duplicate"}
     assert (params("extract-labels")["max_tokens"].default, params("extract-labels")["temperature"].default) == (64, 0.0)
@@ -52,7 +52,7 @@ KEYED = {
     "in_flight": ("run", "in_flight", 5), "replicas": ("parallel", "replicas", 2),
     "ray_address": ("parallel", "ray_address", "auto"), "max_seconds": ("audio", "max_seconds", 12.5),
     "decode_workers": ("audio", "decode_workers", 3), "decode_ahead": ("audio", "decode_ahead", 8),
-    "decode_in": ("audio", "decode_in", "threads"),
+    "decode_in": ("audio", "decode_in", "threads"), "cut_rows": ("run", "cut_rows", "skip"),
 }
 
 

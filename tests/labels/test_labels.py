@@ -85,7 +85,7 @@ def write_checkpoint(path, rows, fingerprint=None):
     return path
 
 
-def test_description_records_take_ok_rows_and_refuse_labels(tmp_path):
+def test_description_records_take_ok_and_cut_rows_and_refuse_labels(tmp_path):
     path = write_checkpoint(tmp_path / "fused.jsonl", [
         Row("a", "  Happy voice. "), Row("b", "cut", status="length"), Row("c", None, status="skipped"),
         Row("d", ""), Row("e", "Sad."),
@@ -93,10 +93,13 @@ def test_description_records_take_ok_rows_and_refuse_labels(tmp_path):
     echoed = []
     records = description_records([path], echoed.append)
     assert [(r.file_id, r.texts, r.skip_reason) for r in records] == [
-        ("a", {"description": "Happy voice."}, None), ("d", {"description": ""}, "empty final_description"),
-        ("e", {"description": "Sad."}, None),
+        ("a", {"description": "Happy voice."}, None), ("b", {"description": "cut"}, None),
+        ("d", {"description": ""}, "empty final_description"), ("e", {"description": "Sad."}, None),
     ]
-    assert echoed == [f"read 5 rows from {path}: 3 ok descriptions to label, 2 not ok (left out)"]
+    assert echoed == [f"read 5 rows from {path}: 4 descriptions to label (3 ok, 1 length; left out: 1 skipped)"]
+    only_ok = description_records([path], echoed.append, ("ok",))
+    assert [r.file_id for r in only_ok] == ["a", "d", "e"]
+    assert echoed[-1] == f"read 5 rows from {path}: 3 descriptions to label (3 ok; left out: 1 length, 1 skipped)"
 
     labelled = write_checkpoint(tmp_path / "labels.jsonl", [Row("a", "[x]", labels=["x"])], {"stage": "extract-labels"})
     with pytest.raises(UserError, match="holds emotion labels"):
@@ -121,8 +124,8 @@ def test_three_commands_end_to_end(flow):
     assert run.exit_code == 0, run.output
     assert extract.exit_code == 0, extract.output
     assert evaluate.exit_code == 0, evaluate.output
-    ok = [r["file_id"] for r in rows(fused) if r["status"] == "ok"]
-    assert extract.output.startswith(f"read 12 rows from {fused}: {len(ok)} ok descriptions to label")
+    usable = [r["file_id"] for r in rows(fused) if r["status"] in ("ok", "length")]
+    assert extract.output.startswith(f"read 12 rows from {fused}: {len(usable)} descriptions to label (")
     lines = evaluate.output.splitlines()
     assert lines[0].startswith("scored samples: ")
     assert [line.split()[0] for line in lines[-4:-1]] == ["precision", "recall", "F-score"]
@@ -131,11 +134,11 @@ def test_three_commands_end_to_end(flow):
     assert any(line.startswith("missing predictions: ") for line in lines)  # only 12 of the 50 gold samples
 
 
-def test_stage_writes_one_labels_row_per_ok_description(flow):
+def test_stage_writes_one_labels_row_per_ok_or_cut_description(flow):
     fused, labels, _, _ = flow
-    ok = [r["file_id"] for r in rows(fused) if r["status"] == "ok"]
+    usable = [r["file_id"] for r in rows(fused) if r["status"] in ("ok", "length")]
     out = rows(labels)
-    assert sorted(r["file_id"] for r in out) == sorted(ok)
+    assert sorted(r["file_id"] for r in out) == sorted(usable)
     for row in out:
         if row["status"] == "ok":
             assert isinstance(row["labels"], list) and all(isinstance(x, str) for x in row["labels"])
@@ -171,19 +174,21 @@ def test_stage_resumes_and_refuses_confusions(flow):
 
 def test_stage_shards_and_limits_like_run(flow, tmp_path, monkeypatch):
     fused, _, model, _ = flow
-    ok = [r["file_id"] for r in rows(fused) if r["status"] == "ok"]
+    usable = [r["file_id"] for r in rows(fused) if r["status"] in ("ok", "length")]
     monkeypatch.chdir(tmp_path)
     shards = []
     for index in (0, 1):
         result = CliRunner().invoke(cli, ["extract-labels", str(fused), *model, "--shard", f"{index}/2"])
         assert result.exit_code == 0, result.output
-        mine = [i for i in ok if shard_of(i, 2) == index]
+        mine = [i for i in usable if shard_of(i, 2) == index]
         assert f"shard {index}/2: {len(mine)} records\n" in result.output
         shards.append(tmp_path / f"emotion_labels.shard-{index}-of-2.jsonl")
         assert sorted(r["file_id"] for r in rows(shards[-1])) == sorted(mine)  # rows land as they finish
     status = CliRunner().invoke(cli, ["status", *map(str, shards)])
-    assert status.output.startswith(f"2 checkpoints: {len(ok)} records done")
-    limited = CliRunner().invoke(cli, ["extract-labels", str(fused), *model, "--limit", "2", "-o", "two.jsonl"])
+    assert status.output.startswith(f"2 checkpoints: {len(usable)} records done")
+    ok = [r["file_id"] for r in rows(fused) if r["status"] == "ok"]
+    limited = CliRunner().invoke(cli, ["extract-labels", str(fused), *model, "--limit", "2", "--cut-rows", "skip",
+                                       "-o", "two.jsonl"])
     assert limited.exit_code == 0, limited.output
     assert sorted(r["file_id"] for r in rows(tmp_path / "two.jsonl")) == sorted(ok[:2])
 

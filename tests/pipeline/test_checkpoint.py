@@ -310,16 +310,41 @@ def test_lock_held_by_a_live_process_blocks_and_a_killed_one_does_not(tmp_path):
     assert Path(f"{path}.lock").read_text() == f"{os.getpid()}\n"
 
 
-def test_retry_failed_drops_error_and_length_rows(tmp_path):
+def test_retry_failed_drops_error_rows_only(tmp_path):
     path = tmp_path / "out.jsonl"
     make(path, Row("a", "x"), Row("b", None, status="error", error="boom"), Row("c", "cu", status="length"),
          Row("d", None, status="skipped"))
     assert reopen(path)[0] == {"a", "b", "c", "d"}  # without it, every row is done
     done, store = reopen(path, retry_failed=True)
-    assert done == {"a", "d"}
-    assert store.retried == 2 and store.resumed == 2
-    assert store.counts == {"ok": 1, "length": 0, "error": 0, "skipped": 1}
-    assert [r.file_id for r in iter_rows(path)] == ["a", "d"]
+    assert done == {"a", "c", "d"}  # a row cut at max_tokens is a result
+    assert store.retried == {"error": 1} and store.resumed == 3
+    assert store.counts == {"ok": 1, "length": 1, "error": 0, "skipped": 1}
+    assert [r.file_id for r in iter_rows(path)] == ["a", "c", "d"]
+
+
+def _max_tokens(fingerprint: dict, n: int) -> dict:
+    changed = orjson.loads(orjson.dumps(fingerprint))
+    changed["sampling"]["max_tokens"] = n
+    return changed
+
+
+def test_retry_cut_drops_length_rows_and_takes_a_larger_max_tokens(tmp_path):
+    path = tmp_path / "out.jsonl"
+    make(path, Row("a", "x"), Row("b", None, status="error", error="boom"), Row("c", "cu", status="length"))
+    larger, smaller = _max_tokens(FP, FP["sampling"]["max_tokens"] * 2), _max_tokens(FP, 8)
+    with pytest.raises(CheckpointError, match=r"changed: sampling.max_tokens 1024 -> 2048\) \(--retry-cut takes a larger"):
+        CheckpointStore(path).open(larger)
+    with CheckpointStore(path) as store:
+        assert store.open(larger, retry_cut=True) == {"a", "b"}
+        assert (store.retried, store.raised_from) == ({"length": 1}, 1024)
+    assert orjson.loads(Path(f"{path}.manifest.json").read_bytes())["fingerprint"] == orjson.loads(orjson.dumps(larger))
+    with CheckpointStore(path) as store:  # the checkpoint now has the larger max_tokens
+        assert store.open(larger) == {"a", "b"} and store.raised_from is None
+    with pytest.raises(CheckpointError, match="another config"):  # never lowered, nothing else changed with it
+        CheckpointStore(path).open(smaller, retry_cut=True)
+    with CheckpointStore(path) as store:
+        assert store.open(larger, retry_cut=True, retry_failed=True) == {"a"}
+        assert store.retried == {"error": 1}
 
 
 def _fill(store: CheckpointStore) -> list[str]:

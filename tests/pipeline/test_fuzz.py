@@ -473,7 +473,7 @@ DRIFT = [  # (what changes, the change, how the message names it)
     ("system prompt", {"prompt__system": "You are terse."}, 'system_prompt null -> "You are terse."'),
     ("enable_thinking", {"prompt__enable_thinking": True}, "enable_thinking false -> true"),
     ("too_long", {"prompt__too_long": "error"}, "too_long truncate -> error"),
-    ("max_tokens", {"sampling__max_tokens": 5}, "sampling.max_tokens 4 -> 5"),
+    ("max_tokens", {"sampling__max_tokens": 5}, "sampling.max_tokens 4 -> 5) (--retry-cut takes a larger max_tokens"),
     ("temperature", {"sampling__temperature": 0.5}, "sampling.temperature 0.0 -> 0.5"),
     ("top_p", {"sampling__top_p": 0.9}, "sampling.top_p 0.8 -> 0.9"),
     ("top_k", {"sampling__top_k": 5}, "sampling.top_k 20 -> 5"),

@@ -50,10 +50,12 @@ def test_a_checkpoint_read_as_a_source_merges_shards_and_counts_statuses(tmp_pat
     checkpoint(tmp_path / "d.shard-1-of-2.jsonl", [Row("c", "cut", status="length"), Row("d", "warm")], "describe")
     paths = stages.expand(str(tmp_path / "d.shard-*.jsonl"))
     assert paths == sorted(tmp_path.glob("d.shard-*.jsonl"))
-    source = stages.read_checkpoint_source(paths)
-    assert source.pairs == [("a", "calm"), ("d", "warm")]
+    source = stages.read_checkpoint_source(paths)  # a row cut at max_tokens is a result
+    assert source.pairs == [("a", "calm"), ("c", "cut"), ("d", "warm")]
     assert (source.total, source.counts(), source.stage) == (4, "2 ok, 1 error, 1 length", stages.entry("describe"))
-    assert stages.read_checkpoint_source(paths, ("ok", "length")).pairs == [("a", "calm"), ("c", "cut"), ("d", "warm")]
+    assert source.held() == "2 ok, 1 length; left out: 1 error"
+    only_ok = stages.read_checkpoint_source(paths, stages.usable_statuses("skip"))
+    assert (only_ok.pairs, only_ok.held()) == ([("a", "calm"), ("d", "warm")], "2 ok; left out: 1 error, 1 length")
     assert stages.expand(str(one)) == [one]
 
 
