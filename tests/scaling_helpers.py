@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import orjson
-
 from helpers import rows
 from s2_vllm import pipeline
 from s2_vllm.config import Config

@@ -1,6 +1,5 @@
 import dataclasses
 from hashlib import sha256
-from pathlib import Path
 
 import pytest
 

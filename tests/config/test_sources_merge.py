@@ -2,7 +2,6 @@
 
 import re
 import tomllib
-from pathlib import Path
 
 import orjson
 from click.testing import CliRunner

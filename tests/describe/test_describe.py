@@ -105,9 +105,10 @@ def test_a_describe_checkpoint_feeds_step_two_and_exports_as_its_input(tmp_path,
                                    "--subtitles", str(subs), "-o", str(out)])
     assert rendered.exit_code == 0, rendered.output
     prompts = {p["file_id"]: p["prompt"] for p in map(orjson.loads, out.read_bytes().splitlines())}
-    assert sorted(prompts) == ["s1", "s3"]  # the ok rows only
+    assert sorted(prompts) == ["s1", "s3", "s4"]  # the ok rows and the one cut at max_tokens
     assert "calm low voice" in prompts["s1"] and "line 1" in prompts["s1"] and "fast rising pitch" in prompts["s3"]
-    assert "joined 2 records from subtitle (4 rows) and audio (2 rows)" in rendered.output
+    assert ("joined 3 records from subtitle (4 rows) and audio (3 rows of a checkpoint: 2 ok, 1 length; "
+            "left out: 1 error)") in rendered.output
 
     exported = runner.invoke(cli, ["export", str(tmp_path / "d.shard-*.jsonl"), "-o", str(tmp_path / "a.json")])
     assert exported.output == f"wrote 2 records to {tmp_path / 'a.json'}\n"

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from s2_vllm.audio.synth import write_clip, write_silent_video
 from s2_vllm.cli import cli as s2_cli
+from s2_vllm.stages import read_checkpoint_source
 from vllm_helpers import cli, engine_processes, kill_all, rows, wait_for_rows, wait_gone
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -143,7 +144,10 @@ def test_the_checkpoint_goes_through_step_two_labels_and_scores(described, tiny_
     fused = tmp_path / "fused.jsonl"
     run = runner.invoke(s2_cli, ["run", "--audio", str(out), "--subtitles", str(subs), *hf, "-o", str(fused)])
     assert run.exit_code == 0, run.output + run.stderr
-    assert f"joined {len(ok)} records from subtitle ({len(ok) + 1} rows) and audio ({len(ok)} rows)" in run.output
+    usable = [r["file_id"] for r in rows(out) if r["status"] in ("ok", "length")]
+    held = read_checkpoint_source([out]).held()  # e.g. "13 ok; left out: 5 error"
+    assert (f"joined {len(ok)} records from subtitle ({len(ok) + 1} rows) and audio ({len(usable)} rows of a "
+            f"checkpoint: {held})") in run.output
     assert sorted(r["file_id"] for r in rows(fused)) == sorted(ok)
     texts = {r["file_id"]: r["final_description"] for r in rows(out)}
     prompts = runner.invoke(s2_cli, ["render", "--audio", str(out), "--subtitles", str(subs), "--model",

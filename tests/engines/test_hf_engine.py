@@ -1,7 +1,6 @@
 """The transformers engine on the tiny model: batching, per-record seeds, limits."""
 
 import pytest
-from transformers import AutoTokenizer
 
 from s2_vllm.config import EngineConfig, HFConfig, SamplingConfig
 from s2_vllm.engines.base import GenerationRequest, record_seed

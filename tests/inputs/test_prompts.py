@@ -1,7 +1,6 @@
 """Chat template, thinking split and the length policy, on the tiny model's real tokenizer."""
 
 import pytest
-from transformers import AutoTokenizer
 
 from s2_vllm.config import Config
 from s2_vllm.engines.base import Completion

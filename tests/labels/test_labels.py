@@ -1,6 +1,5 @@
 """extract-labels: the answer parser, the stage's config and records, and the stage on the tiny model."""
 
-import orjson
 from helpers import rows
 import pytest
 from click.testing import CliRunner
