@@ -21,6 +21,11 @@ _MISSING = ("describe decodes audio with soundfile and PyAV, which are not insta
             "bash scripts/install.sh (or pip install soundfile av)")
 
 
+# Whisper-style feature extractors (Qwen2-Audio, Qwen2.5-Omni) need one 25 ms window (400 samples at 16 kHz);
+# vLLM refuses shorter clips, measured on its CPU build with the tiny Omni thinker (320 refused, 441 taken).
+MIN_SECONDS = 0.025
+
+
 class ClipError(Exception):
     """This clip cannot be used; the message is the row's `error`."""
 
@@ -62,6 +67,9 @@ def decode(path: str, rate: int, max_seconds: float, *, cut: bool = True) -> Dec
         decoded = _with_av(path, rate, max_seconds, cut)
     if decoded.samples.size == 0:
         raise ClipError("the clip has no audio samples (0 s)")
+    if decoded.samples.size < MIN_SECONDS * rate:
+        raise ClipError(f"the clip is {decoded.samples.size / rate * 1000:.1f} ms; too short for the model "
+                        f"(at least {MIN_SECONDS * 1000:g} ms)")
     return decoded
 
 

@@ -9,6 +9,7 @@ Engines know nothing of checkpoints, files or records.
 from __future__ import annotations
 
 import hashlib
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -34,9 +35,13 @@ class Completion:
     error: str | None = None
 
 
+_ARRAY = re.compile(r"\s*\[[\s\d.eE+\-;]*(?:\.\.\.[\s\d.eE+\-;]*)?\]")  # numpy's repr of the input
+
+
 def refusal(exc: BaseException) -> str:
-    """The error of a request the engine would not take (a row's `error`, in-process or in a replica)."""
-    return f"engine refused the request: {one_line(exc)}"
+    """The error of a request the engine would not take (a row's `error`, in-process or in a replica); an array
+    vLLM printed into its message (the clip's samples) is left out."""
+    return f"engine refused the request: {_ARRAY.sub('', one_line(exc, whole=True))}"
 
 
 class Engine(ABC):

@@ -62,6 +62,7 @@ def _bad_clips(folder: Path) -> dict[str, str | tuple[str, ...]]:
     (folder / "cut.flac").write_bytes((folder / "whole.flac").read_bytes()[:20000])
     (folder / "cut.mp4").write_bytes((folder / "whole.mp4").read_bytes()[:5000])
     write_clip(folder / "zero.wav", 220, 0.0)
+    write_clip(folder / "tiny.wav", 220, 0.01)  # vLLM refuses it with the samples' repr in its message
     write_silent_video(folder / "silent.mp4")
     return {
         "missing.wav": "no such file: ",
@@ -72,6 +73,7 @@ def _bad_clips(folder: Path) -> dict[str, str | tuple[str, ...]]:
         "cut.flac": ("the file is truncated: ", "the audio track is damaged after "),
         "cut.mp4": "FFmpeg cannot read it (",
         "zero.wav": "the clip has no audio samples (0 s)",
+        "tiny.wav": "the clip is 10.0 ms; too short for the model (at least 25 ms)",
         "silent.mp4": "the video has no audio track",
     }
 

@@ -73,3 +73,12 @@ def test_run_on_the_fake_engine_from_the_command_line(tiny_model: Path, tmp_path
     again = CliRunner().invoke(cli, [*args, "--overwrite"])
     assert again.exit_code == 0, again.output
     assert {r["file_id"]: r["final_description"] for r in rows(out)} == first  # deterministic
+
+
+def test_a_refusal_never_holds_an_array_repr():
+    from s2_vllm.engines.base import refusal
+
+    vllm_said = ValueError("The audio [ 0.23312378 -0.06677246 -0.22073364\n  0.04678345 ... -0.12814331] (len=320) "
+                           "is too short to be represented inside the model")
+    assert refusal(vllm_said) == ("engine refused the request: The audio (len=320) is too short to be represented "
+                                  "inside the model")
