@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from s2_vllm import stages
-from s2_vllm.checkpoint import Row
+from s2_vllm.checkpoint import USABLE, Row
 from s2_vllm.config import Config, SourceSpec
 from s2_vllm.errors import UserError
 from s2_vllm.records import Record
@@ -121,7 +121,7 @@ def _check_inputs(paths: list[Path]) -> None:
 
 
 def description_records(paths: list[Path], echo: Callable[[str], None],
-                        statuses: tuple[str, ...] = ("ok", "length")) -> list[Record]:
+                        statuses: tuple[str, ...] = USABLE) -> list[Record]:
     """One record per row of fusion checkpoints whose status is in `statuses` (a row cut at `max_tokens` is a
     result; the last row of an id wins, shards merge)."""
     _check_inputs(paths)

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO, TypeVar
 import orjson
 
 from s2_vllm.config import ON_DUPLICATE, SOURCE_FORMATS, SourceSpec
+from s2_vllm.checkpoint.rows import USABLE
 from s2_vllm.errors import InputError, plural
 
 _EXTENSIONS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv"}
@@ -212,7 +213,7 @@ def _kind(value: Any) -> str:
     return kinds.get(type(value), "a number")
 
 
-def load_source(spec: SourceSpec, statuses: tuple[str, ...] = ("ok", "length")) -> list[tuple[str, str | None]]:
+def load_source(spec: SourceSpec, statuses: tuple[str, ...] = USABLE) -> list[tuple[str, str | None]]:
     """(id, text) per row in file order; text is None when missing, null, empty or whitespace-only. A step 1
     checkpoint gives the rows whose status is in `statuses`."""
     return list(_pairs(spec, _open_source(spec, statuses)))
@@ -299,7 +300,7 @@ def _keys_hint(rows: list[dict[str, Any]], key: str) -> str:
 
 
 def join(specs: list[SourceSpec], on_duplicate: str = "error",
-         statuses: tuple[str, ...] = ("ok", "length")) -> tuple[list[Record], JoinReport]:
+         statuses: tuple[str, ...] = USABLE) -> tuple[list[Record], JoinReport]:
     """Inner join of every source on id, in the first source's order (first occurrence of each id); a step 1
     checkpoint given as a source gives its rows whose status is in `statuses`."""
     names = [spec.name for spec in specs]

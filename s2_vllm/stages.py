@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from s2_vllm.checkpoint.rows import USABLE
 from s2_vllm.errors import InputError, UserError
 
 
@@ -85,7 +86,7 @@ class CheckpointSource:
     pairs: list[tuple[str, str]]
     statuses: Counter[str] = field(default_factory=Counter)
     stage: StageEntry | None = None
-    used: tuple[str, ...] = ("ok", "length")  # the statuses `pairs` were taken from
+    used: tuple[str, ...] = USABLE  # the statuses `pairs` were taken from
 
     @property
     def total(self) -> int:
@@ -114,10 +115,10 @@ def expand(pattern: str) -> list[Path]:
 
 def usable_statuses(cut_rows: str = "use") -> tuple[str, ...]:
     """The row statuses a checkpoint read as a source gives text from: a row cut at `max_tokens` is a result."""
-    return ("ok", "length") if cut_rows == "use" else ("ok",)
+    return USABLE if cut_rows == "use" else ("ok",)
 
 
-def read_checkpoint_source(paths: Sequence[Path], statuses: tuple[str, ...] = ("ok", "length")) -> CheckpointSource:
+def read_checkpoint_source(paths: Sequence[Path], statuses: tuple[str, ...] = USABLE) -> CheckpointSource:
     """The rows of one run's checkpoints (shards merged, the last row of an id wins) as (id, description)
     pairs, those with a status in `statuses`; every status is counted."""
     from s2_vllm.checkpoint import check_one_run, merge_rows

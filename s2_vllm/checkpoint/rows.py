@@ -15,6 +15,7 @@ from s2_vllm.errors import CheckpointError
 STATUSES = ("ok", "length", "error", "skipped")
 FAILED = ("error",)  # what --retry-failed runs again
 CUT = ("length",)  # results cut at max_tokens: what --retry-cut runs again
+USABLE = ("ok", *CUT)  # the rows a checkpoint read as a source gives text from, unless cut_rows = "skip"
 STATUS = {s: s for s in STATUSES}  # validates and interns statuses while scanning
 
 

@@ -133,9 +133,9 @@ class CheckpointStore:
                 raise CheckpointError(f"{self.path} has no manifest ({self.manifest_path.name}), so the config it "
                                       f"was written with cannot be checked; {OVERWRITE}")
             elif diff := fingerprint_diff(manifest["fingerprint"], fingerprint):
-                if not (CUT[0] in retry and _raises_max_tokens(diff, manifest["fingerprint"], fingerprint)):
+                raised = _raises_max_tokens(diff, manifest["fingerprint"], fingerprint)
+                if not (raised and CUT[0] in retry):
                     changes = describe_changes(manifest["fingerprint"], fingerprint)
-                    raised = _raises_max_tokens(diff, manifest["fingerprint"], fingerprint)
                     hint = " (--retry-cut takes a larger max_tokens)" if raised else ""
                     raise CheckpointError(f"{self.path} was written with another config (changed: {changes}){hint}; "
                                           f"{OVERWRITE}")
