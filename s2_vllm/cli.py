@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from s2_vllm import __version__, flags, signals
+from s2_vllm.clips.modality import DEFAULT as DEFAULT_MODALITY, NAMES as MODALITIES
 from s2_vllm.config import ENGINES
 from s2_vllm.errors import EngineError, UserError
 from s2_vllm.export import FORMATS as EXPORT_FORMATS
@@ -51,12 +52,13 @@ class Group(click.Group):
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 def cli(debug: bool) -> None:
     """Fuse clue descriptions with subtitles (OV-MER's S2 strategy, step 2) over a whole dataset;
-    describe audio clips (step 1) on the same machinery.
+    describe the audio or the video of clips (step 1) on the same machinery.
 
     \b
     Quick start:
         s2-vllm demo
         s2-vllm describe clips/ -o audio_descriptions.jsonl
+        s2-vllm describe --modality video clips/ -o visual_descriptions.jsonl
         s2-vllm run --audio audio.json --subtitles subtitles.json
         s2-vllm status s2_final_descriptions.jsonl
         s2-vllm export s2_final_descriptions.jsonl -o s2_final_descriptions.json
@@ -76,6 +78,7 @@ def run(output: str | None, **params: Any) -> None:
     \b
     Examples:
         s2-vllm run --audio audio.json --subtitles subtitles.json
+        s2-vllm run --audio audio_descriptions.jsonl --visual visual_descriptions.jsonl --subtitles s.json
         s2-vllm run --config configs/qwen3-8b-thinking.toml --audio a.json --subtitles s.json -o out.jsonl
         s2-vllm run --engine hf --model ./my-model --audio a.json --subtitles s.json --limit 10
         s2-vllm run --replicas 8 --audio a.json --subtitles s.json            # 8 GPUs, one replica each
@@ -128,30 +131,39 @@ def render(output: str, force: bool, limit: int | None, shard: str | None, **par
               help="CSV / JSON / JSONL listing the clips: an id and a path (relative to the manifest) per entry.")
 @click.option("--id-key", default="file_id", show_default=True, help="The manifest's id column or field.")
 @click.option("--path-key", default="path", show_default=True, help="The manifest's path column or field.")
-@flags.use("config_path", "subtitles", *flags.PROMPT, "on_duplicate", "limit", "shard", *flags.AUDIO)
+@click.option("--modality", type=click.Choice(MODALITIES), default=DEFAULT_MODALITY, show_default=True,
+              help="What of each clip the model describes: its audio track or its video frames.")
+@flags.use("config_path", "subtitles", *flags.PROMPT, "on_duplicate", "limit", "shard", *flags.CLIPS)
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
-              help="Checkpoint JSONL. [default: audio_descriptions.jsonl]")
+              help="Checkpoint JSONL. [default: audio_descriptions.jsonl, or visual_descriptions.jsonl for video]")
 @flags.use(*[f for f in flags.GENERATE if f not in ("engine", "batch_size")], *flags.CHECKPOINT)
 def describe(clips: tuple[str, ...], manifest: str | None, id_key: str, path_key: str, output: str | None,
-             **params: Any) -> None:
-    """Describe the emotional cues in each audio clip (S2 step 1) into a resumable JSONL checkpoint.
+             modality: str, max_seconds: float | None, **params: Any) -> None:
+    """Describe the emotional cues in each clip's audio or video (S2 step 1) into a resumable JSONL checkpoint.
 
-    CLIPS are audio or video files, or folders searched recursively for them; a clip's id is its
-    file name without the extension. The default model is Qwen/Qwen2.5-Omni-7B (its thinker, on
-    vLLM); the checkpoint feeds step 2 directly: s2-vllm run --audio audio_descriptions.jsonl.
+    CLIPS are files, or folders searched recursively for audio and video files (video files only with
+    --modality video); a clip's id is its file name without the extension. The default models are
+    Qwen/Qwen2.5-Omni-7B for audio (its thinker) and Qwen/Qwen2.5-VL-7B-Instruct for video, on vLLM. The
+    checkpoints feed step 2 directly: s2-vllm run --audio audio_descriptions.jsonl --visual
+    visual_descriptions.jsonl.
 
     \b
     Examples:
         s2-vllm describe clips/ -o audio_descriptions.jsonl
+        s2-vllm describe --modality video clips/ -o visual_descriptions.jsonl --fps 2 --max-frames 32
         s2-vllm describe --manifest clips.csv --id-key name --path-key file
         s2-vllm describe clips/ --subtitles dataset.json --config configs/qwen2.5-omni-3b-describe.toml
         s2-vllm run --audio audio_descriptions.jsonl --subtitles dataset.json
     """
-    from s2_vllm.describe import DEFAULT_OUTPUT, ClipInputs, describe as run_stage
+    from s2_vllm.clips.modality import get
+    from s2_vllm.config import apply_overrides
+    from s2_vllm.describe import ClipInputs, describe as run_stage
 
-    inputs = ClipInputs(tuple(clips), manifest, id_key, path_key, params.pop("subtitles"))
+    inputs = ClipInputs(tuple(clips), manifest, id_key, path_key, params.pop("subtitles"), modality)
     config = flags.config_from(params)
-    run_stage(config, _run_options(output, DEFAULT_OUTPUT, params), inputs, click.echo)
+    if max_seconds is not None:
+        apply_overrides(config, modality, max_seconds=max_seconds)
+    run_stage(config, _run_options(output, get(modality).default_output, params), inputs, click.echo)
 
 
 @cli.command()

@@ -52,7 +52,10 @@ class Flag:
 
 FLAGS: dict[str, Flag] = {f.dest: f for f in [
     Flag(("--config", "config_path"), "TOML config (see configs/).", type=click.Path(dir_okay=False)),
-    Flag(("--audio",), "Audio descriptions (JSON array, JSONL or CSV).", type=click.Path()),
+    Flag(("--audio",), "Acoustic clue descriptions: a describe checkpoint, JSON array, JSONL or CSV.",
+         type=click.Path()),
+    Flag(("--visual",), "Visual clue descriptions (describe --modality video's checkpoint, or JSON / JSONL / CSV).",
+         type=click.Path()),
     Flag(("--subtitles",), "Dataset with subtitles (JSON array, JSONL or CSV).", type=click.Path()),
     Flag(("--source", "extra_sources"), "Input file of any source declared in the config. Repeatable.",
          extra={"multiple": True, "metavar": "NAME=PATH"}),
@@ -78,11 +81,15 @@ FLAGS: dict[str, Flag] = {f.dest: f for f in [
     Flag(("--replicas",), "Engine replicas (data parallel), each with tensor x pipeline parallel GPUs.",
          "parallel.replicas"),
     Flag(("--ray-address",), "Run the replicas as Ray actors: auto, HOST:PORT, or local.", "parallel.ray_address"),
-    Flag(("--max-seconds",), "Longest clip the model takes; longer ones are cut (or refused, --too-long error).",
-         "audio.max_seconds"),
-    Flag(("--decode-workers",), "Workers decoding clips ahead of the engine.", "audio.decode_workers"),
-    Flag(("--decode-in",), "Decoding workers are processes or threads.", "audio.decode_in"),
-    Flag(("--decode-ahead",), "Most decoded clips waiting for the engine.", "audio.decode_ahead"),
+    Flag(("--max-seconds",), "Longest clip ([audio] or [video] max_seconds); longer ones are cut (or refused, "
+         "--too-long error).", type=click.FloatRange(min=0, min_open=True)),
+    Flag(("--fps",), "Video frames sampled per second.", "video.fps"),
+    Flag(("--max-frames",), "Most frames sampled per video.", "video.max_frames"),
+    Flag(("--max-pixels",), "Most pixels per video frame (larger ones are scaled down).", "video.max_pixels"),
+    Flag(("--decode-workers",), "Workers decoding clips ahead of the engine.", "decode.workers"),
+    Flag(("--decode-in",), "Decoding workers are processes or threads.", "decode.pool"),
+    Flag(("--decode-ahead",), "Most decoded clips waiting for the engine.", "decode.ahead"),
+    Flag(("--decode-ahead-mb",), "Most memory the clips decoded ahead take, in MB.", "decode.ahead_mb"),
     Flag(("--overwrite",), "Start over when the checkpoint has another config (keeps a backup).",
          extra={"is_flag": True}),
     Flag(("--retry-failed",), "Run again the records whose row is error (length rows are results).", extra={"is_flag": True}),
@@ -94,11 +101,12 @@ FLAGS: dict[str, Flag] = {f.dest: f for f in [
          "instead of in OUTPUT.engine.log.", extra={"is_flag": True}),
 ]}
 
-SOURCES = ("audio", "subtitles", "extra_sources")
+SOURCES = ("audio", "visual", "subtitles", "extra_sources")
 PROMPT = ("model", "tokenizer", "max_model_len", "max_tokens", "enable_thinking", "too_long")
 GENERATE = ("engine", "temperature", "top_p", "top_k", "seed", "batch_size", "in_flight", "replicas", "ray_address")
 CHECKPOINT = ("overwrite", "retry_failed", "retry_cut", "repair", "no_progress", "show_engine_log")
-AUDIO = ("max_seconds", "decode_workers", "decode_in", "decode_ahead")
+CLIPS = ("max_seconds", "fps", "max_frames", "max_pixels", "decode_workers", "decode_in", "decode_ahead",
+         "decode_ahead_mb")
 
 
 def use(*names: str, **defaults: Any) -> Callable[[Any], Any]:
@@ -114,7 +122,8 @@ def config_from(params: dict[str, Any]) -> Config:
     """The config the flags ask for: the --config file, then the source paths, then every keyed flag given.
     Pops what it used from `params`; the command's own flags stay."""
     config = load_config(params.pop("config_path", None))
-    for name, path in (("audio", params.pop("audio", None)), ("subtitle", params.pop("subtitles", None))):
+    for name, path in (("audio", params.pop("audio", None)), ("visual", params.pop("visual", None)),
+                       ("subtitle", params.pop("subtitles", None))):
         if path:
             config.with_source_path(name, path)
     for item in params.pop("extra_sources", ()):

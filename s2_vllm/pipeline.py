@@ -87,7 +87,7 @@ def run(config: Config, options: RunOptions, echo: Echo, *, stage: Stage = FUSIO
     tokenizer = load_tokenizer(config)
     model_config = read_model_config(config.engine)
     builder = PromptBuilder(config, tokenizer, resolve_max_model_len(config, model_config),
-                            audio_tokens=stage.audio_tokens)
+                            modality=stage.modality)
     chat_template = str(getattr(tokenizer, "chat_template", None) or "")
     if not options.overwrite:
         check_output(options.output, stage.entry)

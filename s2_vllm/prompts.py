@@ -8,17 +8,19 @@ message, then each record is a string join plus a batched call of the fast token
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from s2_vllm.config import Config, SourceSpec
 from s2_vllm.errors import ConfigError, one_line
 from s2_vllm.records import Record
 from s2_vllm.template import PromptTemplate
 
+if TYPE_CHECKING:
+    from s2_vllm.clips.modality import Modality
+
 _MARK = "\x00S2_VLLM_USER_CONTENT\x00"
-AUDIO_TOKEN = "<|AUDIO|>"  # Qwen2-Audio's and Qwen2.5-Omni's, when the tokenizer does not name its own
 _TRUNCATE_ROUNDS = 4
 
 
@@ -30,8 +32,8 @@ class Prompt:
     truncated: tuple[str, ...] = ()
     skip_reason: str | None = None
     error: str | None = None
-    clip: str | None = None  # describe: the clip's path, decoded into `audio` ahead of the engine
-    audio: tuple[Any, int] | None = None
+    clip: str | None = None  # describe: the clip's path, decoded into `media` ahead of the engine
+    media: Mapping[str, Any] | None = None  # vLLM's multi_modal_data: modality → the decoded clip
 
     @property
     def sha(self) -> str | None:
@@ -75,11 +77,12 @@ def resolve_max_model_len(config: Config, model_config: Any | None = None) -> in
 
 
 class PromptBuilder:
-    """`audio_tokens`: the most tokens a clip can take in the context (describe), kept out of the text's budget;
-    the user message then holds an audio part before the text, which the chat template renders as the model's
-    audio placeholder."""
+    """`modality` (describe): the user message then holds its part before the text, which the chat template
+    renders as the model's placeholder for the clip, and the most tokens a clip can take are kept out of the
+    text's budget."""
 
-    def __init__(self, config: Config, tokenizer: Any, max_model_len: int | None, *, audio_tokens: int = 0):
+    def __init__(self, config: Config, tokenizer: Any, max_model_len: int | None, *,
+                 modality: Modality | None = None):
         self.tokenizer = tokenizer
         self.template: PromptTemplate = config.template()
         self.sources: list[SourceSpec] = config.sources
@@ -91,28 +94,32 @@ class PromptBuilder:
             raise ConfigError(
                 f"sampling.max_tokens ({max_tokens}) leaves no room for a prompt in max_model_len ({max_model_len})"
             )
-        self.audio = audio_tokens > 0
-        if max_model_len is not None and max_tokens + audio_tokens >= max_model_len:
+        self.modality = modality
+        clip_tokens = modality.max_tokens(config) if modality is not None else 0
+        if max_model_len is not None and max_tokens + clip_tokens >= max_model_len:
             raise ConfigError(f"max_model_len ({max_model_len}) leaves no room for the prompt's text beside "
-                              f"sampling.max_tokens ({max_tokens}) and a clip of up to {audio_tokens} tokens")
-        self.budget = None if max_model_len is None else max_model_len - max_tokens - audio_tokens
+                              f"sampling.max_tokens ({max_tokens}) and a clip of up to {clip_tokens} tokens")
+        self.budget = None if max_model_len is None else max_model_len - max_tokens - clip_tokens
         if getattr(tokenizer, "chat_template", None) is None:
             raise ConfigError("the tokenizer has no chat template; use an instruct/chat model")
-        if self.audio:
-            self._check_audio_placeholder()
+        if modality is not None:
+            self._check_placeholder(modality)
         self.prefix, self.suffix = self._split_chat_template()
 
-    def _check_audio_placeholder(self) -> None:
-        token = getattr(self.tokenizer, "audio_token", None) or AUDIO_TOKEN
-        found = self.chat("x").count(token)
-        if found != 1:
-            raise ConfigError(f"the chat template renders {found} audio placeholders ({token}) for a message with "
-                              "one clip; describe needs an audio model's tokenizer and template")
+    def _check_placeholder(self, modality: Modality) -> None:
+        rendered = self.chat("x")
+        tokens = modality.placeholders(self.tokenizer)
+        counts = {token: rendered.count(token) for token in tokens}
+        if sorted(counts.values(), reverse=True)[:2] not in ([1], [1, 0]):
+            found = ", ".join(f"{n} {token}" for token, n in counts.items())
+            raise ConfigError(f"the chat template renders {found} for a message with one {modality.name} clip; "
+                              f"describe --modality {modality.name} needs the tokenizer and template of a model "
+                              f"that takes {modality.name}")
 
     def chat(self, content: str) -> str:
         user: Any = content
-        if self.audio:  # the "audio" key is what Qwen2-Audio's template looks for, "type" what Qwen2.5-Omni's does
-            user = [{"type": "audio", "audio": "clip"}, {"type": "text", "text": content}]
+        if self.modality is not None:
+            user = [self.modality.content_part(), {"type": "text", "text": content}]
         messages = [{"role": "user", "content": user}]
         if self.system:
             messages.insert(0, {"role": "system", "content": self.system})

@@ -16,6 +16,7 @@ from s2_vllm.stage import FUSION, select
 def render_prompts(config: Config, output: Path, *, force: bool, limit: int | None,
                    echo: Callable[[str], None], shard: tuple[int, int] | None = None) -> list[int]:
     """Write one JSON line per record; returns the token counts of the prompts that fit."""
+    config = FUSION.configure(config, echo)
     config.validate()
     if output.exists() and not force:
         raise UserError(f"{output} exists; use --force to replace it")

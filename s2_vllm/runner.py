@@ -101,15 +101,15 @@ class Runner:
             if prompt.file_id in self.running:
                 raise RuntimeError(f"record {prompt.file_id} fed twice")
             request = GenerationRequest(prompt.file_id, prompt.token_ids, record_seed(self.seed, prompt.file_id),
-                                        prompt.audio)
+                                        prompt.media)
             try:
                 self.engine.add(request)
             except EngineError:
                 raise  # the engine is gone: no record is to blame
             except Exception as exc:  # one bad request must not stop the others
                 self._write(row_without_model(prompt, error=refusal(exc)))
-            else:  # the engine has the samples now; holding them until the row is written would cost memory
-                self.running[prompt.file_id] = prompt if prompt.audio is None else dataclasses.replace(prompt, audio=None)
+            else:  # the engine has the clip now; holding it until the row is written would cost memory
+                self.running[prompt.file_id] = prompt if prompt.media is None else dataclasses.replace(prompt, media=None)
         return False
 
     def _write(self, row: Row) -> None:

@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from s2_vllm.checkpoint import Row
 from s2_vllm.config import Config, SourceSpec
@@ -20,7 +20,10 @@ from s2_vllm.errors import ConfigError, InputError
 from s2_vllm.prompts import Prompt
 from s2_vllm.records import Record, join
 from s2_vllm.stages import StageEntry, entry, usable_statuses
-from s2_vllm.template import PromptTemplate
+from s2_vllm.template import DEFAULT_TEMPLATE, THREE_SOURCE_TEMPLATE, VISUAL_TEMPLATE, PromptTemplate
+
+if TYPE_CHECKING:
+    from s2_vllm.clips.modality import Modality
 
 Echo = Callable[[str], None]
 
@@ -85,7 +88,7 @@ class Stage:
     template: str | None = None  # its prompt, used when the config's template does not use its sources
     prompt_name: str = ""  # what to call that prompt in the note that says it is used
     setup: Callable[[Config, Echo], Config] | None = None  # its own `configure`, when the above is not enough
-    audio_tokens: int = 0  # the most context tokens one clip takes (describe); prompts then hold an audio part
+    modality: Modality | None = None  # describe: what its prompts' clips are (their part, placeholder, tokens)
     feed: Feed | None = None  # between the rendered prompts and the runner (describe: decodes the clips)
 
     def fingerprint(self, config: Config, chat_template: str) -> dict[str, Any]:
@@ -118,7 +121,23 @@ def check_source_paths(config: Config) -> None:
 
 
 def _flag(source: str) -> str:
-    return {"subtitle": "subtitles", "audio": "audio"}.get(source, f"source {source}=PATH")
+    return {"subtitle": "subtitles", "audio": "audio", "visual": "visual"}.get(source, f"source {source}=PATH")
+
+
+def fusion_config(config: Config, echo: Echo) -> Config:
+    """With the built-in prompt, the clue files given choose it: `--visual` with `--audio` takes the three-source
+    prompt (acoustic clues, visual clues, subtitle), `--visual` alone the visual one; a config's own template is
+    used as it is."""
+    if config.prompt.template != DEFAULT_TEMPLATE:
+        return config
+    given = {s.name for s in config.sources if s.path}
+    if "visual" not in given:
+        return config
+    template, what = ((THREE_SOURCE_TEMPLATE, "acoustic and visual clues with the subtitle") if "audio" in given
+                      else (VISUAL_TEMPLATE, "visual clues with the subtitle"))
+    echo(f"prompt: the built-in fusion of {what}")
+    sources = [s for s in config.sources if s.path or s.name != "audio"]
+    return dataclasses.replace(config, sources=sources, prompt=dataclasses.replace(config.prompt, template=template))
 
 
 def joined_records(config: Config, echo: Echo) -> list[Record]:
@@ -130,7 +149,7 @@ def joined_records(config: Config, echo: Echo) -> list[Record]:
     return records
 
 
-FUSION = Stage(entry("run"), read=joined_records, precheck=check_source_paths)
+FUSION = Stage(entry("run"), read=joined_records, precheck=check_source_paths, setup=fusion_config)
 
 
 def shard_of(file_id: str, count: int) -> int:

@@ -36,7 +36,7 @@ class StageEntry:
 STAGES: tuple[StageEntry, ...] = (
     StageEntry("run", None, "fused descriptions", "final_description", read_by=("extract-labels",)),
     StageEntry("describe", "describe", "clip descriptions", "generated_text", read_by=("run",),
-               not_as=("subtitle",), as_hint="give it as --audio"),
+               not_as=("subtitle",), as_hint="give it as --audio or --visual"),
     StageEntry("extract-labels", "extract-labels", "emotion labels", "final_description", read_by=("evaluate",)),
 )
 

@@ -26,6 +26,38 @@ Original Subtitle:
 
 Integrated Analysis:"""
 
+# Our wording, in the paper's spirit, for the other sets of clues step 2 is given (`run --visual`).
+THREE_SOURCE_TEMPLATE = """\
+Please act as an expert in the field of emotions. We provide acoustic clues and visual clues that may be \
+related to the character's emotional state, along with the original subtitle of the video. Please \
+analyze which parts can infer the emotional state and explain the reasons. During the analysis, please \
+integrate the textual, acoustic and visual clues, and say where they agree and where they differ.
+
+Acoustic Clues:
+{audio_description}
+
+Visual Clues:
+{visual_description}
+
+Original Subtitle:
+{subtitle}
+
+Integrated Analysis:"""
+
+VISUAL_TEMPLATE = """\
+Please act as an expert in the field of emotions. We provide visual clues that may be related to the \
+character's emotional state, along with the original subtitle of the video. Please analyze which parts \
+can infer the emotional state and explain the reasons. During the analysis, please integrate the textual \
+and visual clues.
+
+Visual Clues:
+{visual_description}
+
+Original Subtitle:
+{subtitle}
+
+Integrated Analysis:"""
+
 _TOKEN = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 

@@ -67,18 +67,23 @@ OMNI_7B_AUDIO = {"num_mel_bins": 128, "encoder_layers": 32, "encoder_attention_h
                  "d_model": 1280, "output_dim": 3584, "max_source_positions": 1500, "n_window": 100}
 
 
-def _tokenizer() -> Any:
+def tokenizer_with(tokens: dict[str, str], chat_template: str) -> Any:
+    """tiny.py's tokenizer plus a multimodal model's special tokens (`tokens`: the processor's names for them)."""
     from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
     raw = tiny._train_tokenizer()
-    raw.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in OMNI_TOKENS.values()])
+    raw.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in tokens.values()])
     return PreTrainedTokenizerFast(
         tokenizer_object=raw, eos_token=tiny.IM_END, pad_token=tiny.PAD, unk_token=None,
-        extra_special_tokens=OMNI_TOKENS, padding_side="left",
-        model_max_length=TEXT_SHAPE["max_position_embeddings"], chat_template=CHAT_TEMPLATE,
+        extra_special_tokens=tokens, padding_side="left",
+        model_max_length=TEXT_SHAPE["max_position_embeddings"], chat_template=chat_template,
         clean_up_tokenization_spaces=False,
     )
+
+
+def _tokenizer() -> Any:
+    return tokenizer_with(OMNI_TOKENS, CHAT_TEMPLATE)
 
 
 def _thinker_config(tokenizer: Any, text: dict[str, Any], audio: dict[str, Any]) -> Any:

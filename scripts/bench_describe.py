@@ -124,7 +124,7 @@ def run_vllm(spec: dict, per_clip: bool) -> dict:
     clips = spec["clips"][: spec["per_clip_clips"]] if per_clip else spec["clips"]
 
     def request(clip: dict) -> dict:
-        return {"prompt_token_ids": ids, "multi_modal_data": {"audio": decode(clip["path"], 16000, 30).as_input()}}
+        return {"prompt_token_ids": ids, "multi_modal_data": {"audio": decode(clip["path"], 16000, 30).data}}
 
     out_tokens = prompt_tokens = 0
     start = time.perf_counter()

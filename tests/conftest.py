@@ -4,6 +4,7 @@ import pytest
 
 from s2_vllm.tiny import build_tiny_model
 from s2_vllm.tiny_omni import build_tiny_omni
+from s2_vllm.tiny_vl import build_tiny_vl
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +25,12 @@ def tokenizer(tiny_model):
 def tiny_omni(tmp_path_factory) -> Path:
     """A tiny random Qwen2.5-Omni thinker (audio in, text out) with its processor, built once per test session."""
     return build_tiny_omni(tmp_path_factory.mktemp("omni") / "tiny-qwen2.5-omni")
+
+
+@pytest.fixture(scope="session")
+def tiny_vl(tmp_path_factory) -> Path:
+    """A tiny random Qwen2.5-VL (video in, text out) with its processor, built once per test session."""
+    return build_tiny_vl(tmp_path_factory.mktemp("vl") / "tiny-qwen2.5-vl")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -89,3 +89,16 @@ def kill_all(processes: dict[int, int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+
+
+def kill_mid_run(args: list[str], out: Path, after_rows: int = 4) -> dict:
+    """`s2-vllm ARGS` in a subprocess, SIGKILLed (the main process alone) once `out` has `after_rows` rows; the
+    engine processes it had, those still running 10 s later (then killed), and how many rows it left."""
+    process = cli(*args, start_new_session=True)
+    assert wait_for_rows(out, after_rows, process), process.communicate()[1].decode()[-3000:]
+    engines = engine_processes(process.pid)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    left = wait_gone(engines, 10)
+    kill_all(left)
+    return {"engines": engines, "left": left, "killed_at": len(rows(out)), "kill_code": process.returncode}

@@ -1,2 +1,2 @@
-"""Step 1's audio side: which clips (`clips.py`), one clip to samples (`decode.py`), decoding ahead of the
-engine on a bounded pool (`feed.py`), and generated tone clips for the demo and tests (`synth.py`)."""
+"""Step 1's audio side: one clip to samples (`decode.py`), the modality `describe --modality audio` runs
+(`modality.py`), and generated tone clips for the demo and tests (`synth.py`)."""

@@ -13,7 +13,11 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from s2_vllm.clips.modality import ClipError, check_file, too_long
+from s2_vllm.clips.pyav import guessed_length, reason, stream_seconds
 from s2_vllm.errors import UserError, one_line
+
+__all__ = ["ClipError", "Decoded", "check_decoders", "decode"]
 
 SOUNDFILE_SUFFIXES = (".wav", ".flac", ".ogg", ".oga")
 DECODER_VERSION = 1  # in a describe checkpoint's fingerprint: a change that alters samples means a new checkpoint
@@ -26,10 +30,6 @@ _MISSING = ("describe decodes audio with soundfile and PyAV, which are not insta
 MIN_SECONDS = 0.025
 
 
-class ClipError(Exception):
-    """This clip cannot be used; the message is the row's `error`."""
-
-
 @dataclass(frozen=True)
 class Decoded:
     samples: Any  # numpy float32, mono, at `rate`
@@ -37,9 +37,14 @@ class Decoded:
     seconds: float  # the clip's whole length (before any cut)
     cut: bool  # cut to max_seconds
 
-    def as_input(self) -> tuple[Any, int]:
+    @property
+    def data(self) -> tuple[Any, int]:
         """What vLLM's `multi_modal_data["audio"]` takes: (samples, sample rate)."""
         return self.samples, self.rate
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.samples.nbytes)
 
 
 def check_decoders() -> None:
@@ -56,10 +61,7 @@ def check_decoders() -> None:
 def decode(path: str, rate: int, max_seconds: float, *, cut: bool = True) -> Decoded:
     """The clip at `path` as mono float32 at `rate`. Longer than `max_seconds`: cut there when `cut`, else a
     ClipError (the `too_long = "error"` policy)."""
-    if not os.path.isfile(path):
-        raise ClipError(f"no such file: {path}" if not os.path.exists(path) else f"not a file: {path}")
-    if os.path.getsize(path) == 0:
-        raise ClipError("the file is empty (0 bytes)")
+    check_file(path)
     decoded = None
     if path.lower().endswith(SOUNDFILE_SUFFIXES):
         decoded = _with_soundfile(path, rate, max_seconds, cut)
@@ -73,11 +75,6 @@ def decode(path: str, rate: int, max_seconds: float, *, cut: bool = True) -> Dec
     return decoded
 
 
-def _too_long(seconds: float, max_seconds: float) -> ClipError:
-    return ClipError(f"the clip is {seconds:.1f} s; the model takes at most {max_seconds:g} s "
-                     "(too_long = \"error\"; \"truncate\" cuts it)")
-
-
 def _with_soundfile(path: str, rate: int, max_seconds: float, cut: bool) -> Decoded | None:
     """None when libsndfile cannot read the file (PyAV then tries)."""
     import numpy as np
@@ -89,7 +86,7 @@ def _with_soundfile(path: str, rate: int, max_seconds: float, cut: bool) -> Deco
             native, frames = f.samplerate, f.frames
             seconds = frames / native if native else 0.0
             if seconds > max_seconds and not cut:
-                raise _too_long(seconds, max_seconds)
+                raise too_long(seconds, max_seconds)
             wanted = min(frames, int(max_seconds * native))
             data = f.read(wanted, dtype="float32", always_2d=True)
         if len(data) < wanted:
@@ -132,7 +129,7 @@ def _with_av(path: str, rate: int, max_seconds: float, cut: bool) -> Decoded:
     try:
         container = av.open(path)
     except Exception as exc:  # av.error.InvalidDataError and friends
-        raise ClipError(f"FFmpeg cannot read it ({_av_reason(exc)}): not audio or video, or damaged") from None
+        raise ClipError(f"FFmpeg cannot read it ({reason(exc)}): not audio or video, or damaged") from None
     with container:
         streams = container.streams.audio
         if not streams:
@@ -140,10 +137,10 @@ def _with_av(path: str, rate: int, max_seconds: float, cut: bool) -> Decoded:
                 raise ClipError("the video has no audio track")
             raise ClipError("no audio stream in the file: not an audio file")
         stream = streams[0]
-        known = _duration(container, stream)
+        known = stream_seconds(container, stream)
         if known is not None and known > max_seconds and not cut:
-            raise _too_long(known, max_seconds)
-        estimated = container.format.name in ("aac", "mp3")  # a length FFmpeg guessed from the bitrate
+            raise too_long(known, max_seconds)
+        estimated = guessed_length(container)
         limit = int(max_seconds * rate)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
         parts, kept, whole, stopped = [], 0, 0, False
@@ -165,24 +162,11 @@ def _with_av(path: str, rate: int, max_seconds: float, cut: bool) -> Decoded:
             for out in resampler.resample(None):
                 keep(out)
         except Exception as exc:  # a damaged or cut file: half a clip would be described as if it were whole
-            raise ClipError(f"the audio track is damaged after {whole / rate:.1f} s ({_av_reason(exc)})") from None
+            raise ClipError(f"the audio track is damaged after {whole / rate:.1f} s ({reason(exc)})") from None
         samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     if known is not None and not estimated and whole < (min(known, max_seconds) - 0.1) * rate:
         raise ClipError(f"the file is truncated: {whole / rate:.1f} s of its {known:.1f} s decode")
     seconds = known if stopped else whole / rate
     if seconds > max_seconds and not cut:
-        raise _too_long(seconds, max_seconds)
+        raise too_long(seconds, max_seconds)
     return Decoded(np.ascontiguousarray(samples[:limit], dtype=np.float32), rate, seconds, seconds > max_seconds)
-
-
-def _duration(container: Any, stream: Any) -> float | None:
-    if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-        return container.duration / 1_000_000  # av.time_base
-    return None
-
-
-def _av_reason(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None) or one_line(exc, 160)
-    return str(text).rstrip(".")

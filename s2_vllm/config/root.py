@@ -17,6 +17,7 @@ from s2_vllm.config.schema import check_all
 from s2_vllm.config.tables import (
     TABLES,
     AudioConfig,
+    DecodeConfig,
     EngineConfig,
     FakeConfig,
     HFConfig,
@@ -25,7 +26,9 @@ from s2_vllm.config.tables import (
     RunConfig,
     SamplingConfig,
     SourceSpec,
+    VideoConfig,
     default_sources,
+    optional_sources,
 )
 from s2_vllm.errors import ConfigError
 from s2_vllm.template import PromptTemplate
@@ -42,6 +45,8 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
 
     def source(self, name: str) -> SourceSpec:
         for spec in self.sources:
@@ -50,6 +55,8 @@ class Config:
         raise ConfigError(f"no source named '{name}' in the config (have: {', '.join(s.name for s in self.sources)})")
 
     def with_source_path(self, name: str, path: str) -> None:
+        known = {s.name for s in self.sources}
+        self.sources += [s for s in optional_sources() if s.name == name and name not in known]
         spec = self.source(name)
         self.sources = [dataclasses.replace(s, path=path) if s is spec else s for s in self.sources]
 

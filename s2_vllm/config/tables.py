@@ -202,7 +202,7 @@ class ParallelConfig:
 
 @dataclass
 class AudioConfig:
-    """`[audio]`: how `describe` reads clips (step 1). `sample_rate` and `max_seconds` are in a describe
+    """`[audio]`: how `describe --modality audio` reads clips (step 1). Its keys are in an audio describe
     checkpoint's fingerprint (under `audio`, beside its stage); `run` never reads this table."""
 
     sample_rate: int = key(16000, "Clips are decoded to mono float32 at this rate before they reach the engine "
@@ -211,18 +211,48 @@ class AudioConfig:
                              "Qwen2.5-Omni and Qwen2-Audio reads 30 s and drops the rest. A longer clip is cut and "
                              "its row marked `truncated: [\"audio\"]`, or with `[prompt] too_long = \"error\"` "
                              "gets an error row. In a describe checkpoint's fingerprint.", min=0, above=True)
-    decode_workers: int | None = key(None, "Workers that decode and resample clips ahead of the engine.", min=1,
-                                     default_doc="2; 1 where vLLM runs on its CPU build (a second worker there takes "
-                                     "CPU from the engine's threads: docs/BENCHMARKS.md)")
-    decode_in: str = key("processes", "Where the workers run: `processes` (fastest for video and AAC, whose "
-                         "frame-by-frame decoding holds the GIL; docs/BENCHMARKS.md) or `threads` (enough for "
-                         "WAV and FLAC, which soundfile reads without it).", choices=("processes", "threads"))
-    decode_ahead: int = key(64, "Most decoded clips waiting for the engine: memory stays flat for any dataset "
-                            "(64 clips of 30 s at 16 kHz are 123 MB).", min=1)
+
+
+@dataclass
+class VideoConfig:
+    """`[video]`: how `describe --modality video` samples frames (step 1). Its keys are in a video describe
+    checkpoint's fingerprint (under `video`); `run` never reads this table."""
+
+    fps: float = key(2.0, "Frames sampled per second of video (Qwen2.5-VL's and Qwen3-VL's default, 2).",
+                     min=0, above=True)
+    max_frames: int = key(32, "Most frames per clip: a longer clip is sampled more sparsely to this many.", min=2)
+    max_pixels: int = key(200704, "Most pixels per frame (448 x 448): larger frames are scaled down on the decode "
+                          "workers, keeping their aspect, to sides that are multiples of 28 (Qwen-VL's patch).",
+                          min=784)
+    max_seconds: float = key(60.0, "Longest clip: a longer one is cut here and its row marked "
+                             "`truncated: [\"video\"]`, or with `[prompt] too_long = \"error\"` gets an error row.",
+                             min=0, above=True)
+
+
+@dataclass
+class DecodeConfig:
+    """`[decode]`: the workers that decode clips ahead of the engine in `describe` (either modality)."""
+
+    workers: int | None = key(None, "Workers that decode clips (audio resampled, frames sampled and resized).", min=1,
+                              default_doc="2; 1 where vLLM runs on its CPU build (a second worker there takes "
+                              "CPU from the engine's threads: docs/BENCHMARKS.md)")
+    pool: str = key("processes", "Where the workers run: `processes` (fastest for video and AAC, whose "
+                    "frame-by-frame decoding holds the GIL; docs/BENCHMARKS.md) or `threads` (enough for "
+                    "WAV and FLAC, which soundfile reads without it).", choices=("processes", "threads"))
+    ahead: int = key(64, "Most decoded clips waiting for the engine.", min=1)
+    ahead_mb: int = key(1024, "Most memory the clips decoded ahead may take, in MB, counting each as the largest "
+                        "clip the settings allow (a 60 s video of 32 frames of 448 x 448 is 19 MB): with `ahead`, "
+                        "memory stays flat for any number and size of clips.", min=1)
 
 
 TABLES: dict[str, type] = {"engine": EngineConfig, "prompt": PromptConfig, "sampling": SamplingConfig,
-                           "hf": HFConfig, "fake": FakeConfig, "run": RunConfig, "parallel": ParallelConfig, "audio": AudioConfig}
+                           "hf": HFConfig, "fake": FakeConfig, "run": RunConfig, "parallel": ParallelConfig, "audio": AudioConfig,
+                           "video": VideoConfig, "decode": DecodeConfig}
+
+
+def optional_sources() -> list[SourceSpec]:
+    """Sources step 2 knows without a config table, added when their flag is given (`--visual`)."""
+    return [SourceSpec("visual", "visual_description", "file_id", "generated_text")]
 
 
 def default_sources() -> list[SourceSpec]:

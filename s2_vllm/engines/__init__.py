@@ -7,6 +7,7 @@ never builds engines itself.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,23 @@ if TYPE_CHECKING:
     from s2_vllm.engines.vllm_cpu import PlatformSettings
 
 __all__ = ["Completion", "Engine", "EngineFactory", "GenerationRequest", "check_engine_config", "create_engine",
-           "platform_settings", "record_seed"]
+           "on_vllm_cpu", "platform_settings", "record_seed"]
+
+
+@functools.cache
+def on_vllm_cpu() -> bool:
+    """Whether the installed vLLM is its CPU build (imported once per process; its import-time lines go to the
+    engine log). An EngineError saying how to install it when it cannot be imported."""
+    from s2_vllm.engines.vllm import _import_vllm
+    from s2_vllm.engines.vllm_api import is_cpu_platform
+    from s2_vllm.errors import EngineError, cause_line
+
+    try:
+        _import_vllm()
+    except EngineError as exc:
+        raise EngineError(f"vLLM cannot be imported here ({cause_line(exc.__cause__ or exc)}); "
+                          "bash scripts/install.sh installs it") from None
+    return is_cpu_platform()
 
 
 def check_engine_config(config: Config) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,8 @@ class GenerationRequest:
     key: str  # the record's file_id; completions carry it back
     prompt_token_ids: list[int]
     seed: int  # per-record seed, so results do not depend on order or resuming
-    audio: tuple[Any, int] | None = None  # (mono float32 samples, sample rate) for the prompt's one audio placeholder
+    # vLLM's multi_modal_data for the prompt's placeholders (modality → decoded clip), handed on unchanged
+    multi_modal_data: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ _ARRAY = re.compile(r"\s*\[[\s\d.eE+\-;]*(?:\.\.\.[\s\d.eE+\-;]*)?\]")  # numpy'
 
 def refusal(exc: BaseException) -> str:
     """The error of a request the engine would not take (a row's `error`, in-process or in a replica); an array
-    vLLM printed into its message (the clip's samples) is left out."""
+    vLLM printed into its message (a decoded clip) is left out."""
     return f"engine refused the request: {_ARRAY.sub('', one_line(exc, whole=True))}"
 
 

@@ -50,8 +50,8 @@ class HFEngine(Engine):
         return self.batch_size * _QUEUE_FACTOR
 
     def add(self, request: GenerationRequest) -> None:
-        if request.audio is not None:
-            raise ValueError("the hf engine takes no audio input (describe runs on vLLM)")
+        if request.multi_modal_data:
+            raise ValueError("the hf engine takes text only (describe runs on vLLM)")
         if not request.prompt_token_ids:
             raise ValueError("empty prompt")
         self.queue.append(request)

@@ -98,9 +98,10 @@ def answer_words(token_ids: Iterable[int], media: bytes, count: int) -> list[str
 
 
 def _media(request: GenerationRequest) -> bytes:
-    """The bytes of the request's decoded clip, so that different clips get different answers."""
-    data = getattr(request, "audio", None)
-    if data is None:
-        return b""
-    samples = data[0]
-    return hashlib.sha256(samples.tobytes() if hasattr(samples, "tobytes") else repr(samples).encode()).digest()
+    """A digest of the request's decoded clips (their arrays' bytes), so that different clips get different answers."""
+    digest = hashlib.sha256()
+    for name, data in sorted((request.multi_modal_data or {}).items()):
+        digest.update(name.encode())
+        for part in data if isinstance(data, tuple) else (data,):
+            digest.update(part.tobytes() if hasattr(part, "tobytes") else repr(part).encode())
+    return digest.digest() if request.multi_modal_data else b""

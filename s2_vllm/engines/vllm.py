@@ -258,10 +258,11 @@ class VLLMEngine(Engine):
         params = sampling_params(self._sampling, request.seed, self._plan.kind)
         # An engine input ("type": "token"), not a raw prompt dict: vLLM then neither re-processes
         # the prompt nor warns that raw prompts are deprecated.
-        if request.audio is None:
+        if not request.multi_modal_data:
             prompt = self._tokens_input(list(request.prompt_token_ids))
-        else:  # vLLM runs the model's processor on the samples and widens the one placeholder to the clip's length
-            prompt = {"prompt_token_ids": list(request.prompt_token_ids), "multi_modal_data": {"audio": request.audio}}
+        else:  # vLLM runs the model's processor on the clip and widens its one placeholder to the clip's length
+            prompt = {"prompt_token_ids": list(request.prompt_token_ids),
+                      "multi_modal_data": dict(request.multi_modal_data)}
         # Raises for this request alone (e.g. prompt longer than max_model_len), unless the
         # engine itself is gone: then it is the run that cannot go on, not this record.
         try:
@@ -337,7 +338,7 @@ class VLLMEngine(Engine):
         if not out.outputs:
             return Completion(key, "", "error", prompt_tokens, 0, "vLLM returned no output for the request")
         first = out.outputs[0]
-        # vLLM's own count: with audio it includes the placeholder widened to the clip's length
+        # vLLM's own count: with a clip it includes the placeholder widened to the clip's length
         counted = getattr(out, "prompt_token_ids", None)
         prompt_tokens = len(counted) if counted is not None else prompt_tokens
         text, n = first.text or "", len(first.token_ids or ())

@@ -14,7 +14,8 @@ from s2_vllm.flags import FLAGS, config_from, shard_output
 from helpers import REPO
 
 COMMANDS = ("run", "render", "extract-labels", "describe")
-AUDIO = {"max_seconds", "decode_workers", "decode_in", "decode_ahead"}
+AUDIO = {"max_seconds", "fps", "max_frames", "max_pixels", "decode_workers", "decode_in", "decode_ahead",
+         "decode_ahead_mb"}
 
 
 def params(command: str) -> dict[str, click.Parameter]:
@@ -32,11 +33,11 @@ def test_a_shared_flag_has_one_name_and_one_help_everywhere():
 def test_each_command_takes_what_applies_to_it():
     run, render, labels, describe = (set(params(c)) & set(FLAGS) for c in COMMANDS)
     assert run == set(FLAGS) - AUDIO
-    assert describe == set(FLAGS) - {"audio", "extra_sources", "engine", "batch_size", "cut_rows"}
+    assert describe == set(FLAGS) - {"audio", "visual", "extra_sources", "engine", "batch_size", "cut_rows"}
     assert render == set(FLAGS) - AUDIO - {"engine", "temperature", "top_p", "top_k", "seed", "batch_size", "in_flight",
                                    "replicas", "ray_address", "overwrite", "retry_failed", "retry_cut", "repair", "no_progress",
                                    "show_engine_log"}
-    assert labels == set(FLAGS) - AUDIO - {"audio", "subtitles", "extra_sources", "on_duplicate"}
+    assert labels == set(FLAGS) - AUDIO - {"audio", "visual", "subtitles", "extra_sources", "on_duplicate"}
     assert (params("extract-labels")["max_tokens"].default, params("extract-labels")["temperature"].default) == (64, 0.0)
 
 
@@ -49,9 +50,11 @@ KEYED = {
     "temperature": ("sampling", "temperature", 0.5), "top_p": ("sampling", "top_p", 0.5),
     "top_k": ("sampling", "top_k", 3), "seed": ("sampling", "seed", 11), "batch_size": ("hf", "batch_size", 2),
     "in_flight": ("run", "in_flight", 5), "replicas": ("parallel", "replicas", 2),
-    "ray_address": ("parallel", "ray_address", "auto"), "max_seconds": ("audio", "max_seconds", 12.5),
-    "decode_workers": ("audio", "decode_workers", 3), "decode_ahead": ("audio", "decode_ahead", 8),
-    "decode_in": ("audio", "decode_in", "threads"), "cut_rows": ("run", "cut_rows", "skip"),
+    "ray_address": ("parallel", "ray_address", "auto"),
+    "decode_workers": ("decode", "workers", 3), "decode_ahead": ("decode", "ahead", 8),
+    "decode_in": ("decode", "pool", "threads"), "decode_ahead_mb": ("decode", "ahead_mb", 100),
+    "fps": ("video", "fps", 1.0), "max_frames": ("video", "max_frames", 8), "max_pixels": ("video", "max_pixels", 50176),
+    "cut_rows": ("run", "cut_rows", "skip"),
 }
 
 

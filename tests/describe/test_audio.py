@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -12,12 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from s2_vllm.audio.clips import Clip, check_unique, find_clips, read_manifest
 from s2_vllm.audio.decode import ClipError, decode
-from s2_vllm.audio.feed import ClipFeed
+from s2_vllm.audio.modality import MODALITY as AUDIO
 from s2_vllm.audio.synth import write_clip, write_silent_video
+from s2_vllm.clips.feed import ClipFeed
+from s2_vllm.clips.listing import Clip, check_unique, find_clips, read_manifest
 from s2_vllm.errors import InputError
 from s2_vllm.prompts import Prompt
+
+
+def audio_feed(rate=16000, max_seconds=30, *, cut=True, cls=ClipFeed, **kwargs):
+    """The feed describe builds for audio: `decode` at this rate and limit on the pool."""
+    return cls("audio", functools.partial(decode, rate=rate, max_seconds=max_seconds, cut=cut), **kwargs)
 
 
 def peak_hz(samples: np.ndarray, rate: int) -> float:
@@ -100,15 +107,15 @@ def test_folders_are_searched_for_audio_and_video_files(tmp_path):
     (tmp_path / "clips" / "sub" / ".hidden").mkdir(parents=True)
     for name in ("b.wav", "a.MP4", "sub/c.flac", "sub/.hidden/x.wav", ".y.wav", "notes.txt", "sub/d.json"):
         (tmp_path / "clips" / name).write_bytes(b"x")
-    clips = find_clips([tmp_path / "clips", tmp_path / "extra.ogg"])
+    clips = find_clips([tmp_path / "clips", tmp_path / "extra.ogg"], AUDIO.suffixes, AUDIO.files)
     base = str(tmp_path / "clips")
     assert clips == [Clip("a", f"{base}/a.MP4"), Clip("b", f"{base}/b.wav"), Clip("c", f"{base}/sub/c.flac"),
                      Clip("extra", str(tmp_path / "extra.ogg"))]  # a missing file is its clip's error row
     with pytest.raises(InputError, match=r"^no audio or video files in .*empty \(looked for wav, flac, "):
         (tmp_path / "empty").mkdir()
-        find_clips([tmp_path / "empty"])
+        find_clips([tmp_path / "empty"], AUDIO.suffixes, AUDIO.files)
     with pytest.raises(InputError, match=r"nowhere does not exist$"):
-        find_clips([tmp_path / "nowhere"])
+        find_clips([tmp_path / "nowhere"], AUDIO.suffixes)
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json", "jsonl"])
@@ -159,7 +166,7 @@ class CountingFeed(ClipFeed):
             self.most = max(self.most, self.now)
         time.sleep(0.02)
         try:
-            return decode(path, self.rate, self.max_seconds, cut=self.cut)
+            return self.decoder(path)
         finally:
             with self.lock:
                 self.now -= 1
@@ -170,7 +177,7 @@ def test_the_feed_keeps_order_attaches_samples_and_turns_bad_clips_into_errors(t
     names = ["whole.wav", *reasons, "whole.mp4"]
     prompts = [Prompt(n, "text", [1, 2, 3], clip=str(tmp_path / n)) for n in names]
     prompts.insert(3, Prompt("skipped", None, None, skip_reason="empty text in subtitle", clip=str(tmp_path / "x")))
-    feed = CountingFeed(16000, 30, cut=True, workers=3, ahead=5)
+    feed = audio_feed(cls=CountingFeed, workers=3, ahead=5)
     out = list(feed(prompts))
     assert [p.file_id for p in out] == [p.file_id for p in prompts]
     assert feed.most <= 3 and feed.started == len(names)  # never more than the workers; the skipped one not at all
@@ -178,16 +185,16 @@ def test_the_feed_keeps_order_attaches_samples_and_turns_bad_clips_into_errors(t
     for name, reason in reasons.items():
         assert by_id[name].token_ids is None and by_id[name].error.startswith(reason), name
     for name in ("whole.wav", "whole.mp4"):
-        samples, rate = by_id[name].audio
+        samples, rate = by_id[name].media["audio"]
         assert rate == 16000 and len(samples) > 30000 and by_id[name].token_ids == [1, 2, 3]
-    assert by_id["skipped"].skip_reason == "empty text in subtitle" and by_id["skipped"].audio is None
+    assert by_id["skipped"].skip_reason == "empty text in subtitle" and by_id["skipped"].media is None
 
 
 def test_the_feed_runs_at_most_ahead_clips_before_the_consumer(tmp_path):
     for i in range(20):
         write_clip(tmp_path / f"c{i}.wav", 200 + 10 * i, 0.5)
     prompts = [Prompt(f"c{i}", "t", [1], clip=str(tmp_path / f"c{i}.wav")) for i in range(20)]
-    feed = CountingFeed(16000, 30, cut=True, workers=2, ahead=6)
+    feed = audio_feed(cls=CountingFeed, workers=2, ahead=6)
     taken = feed(prompts)
     first = next(taken)
     time.sleep(0.3)  # the pool would decode everything by now if it were not bounded
@@ -199,21 +206,22 @@ def test_the_feed_runs_at_most_ahead_clips_before_the_consumer(tmp_path):
 def test_worker_processes_give_what_threads_give(tmp_path):
     reasons = _bad_clips(tmp_path)
     prompts = [Prompt(n, "t", [1], clip=str(tmp_path / n)) for n in ["whole.mp4", *reasons, "whole.flac"]]
-    by_process = list(ClipFeed(16000, 30, cut=True, workers=2, processes=True)(prompts))
-    by_thread = list(ClipFeed(16000, 30, cut=True, workers=2, processes=False)(prompts))
+    by_process = list(audio_feed(cut=True, workers=2, processes=True)(prompts))
+    by_thread = list(audio_feed(cut=True, workers=2, processes=False)(prompts))
     assert [(p.file_id, p.error, p.truncated) for p in by_process] == [(p.file_id, p.error, p.truncated) for p in by_thread]
     for a, b in zip(by_process, by_thread):
-        assert (a.audio is None) == (b.audio is None)
-        assert a.audio is None or (a.audio[1] == b.audio[1] and np.array_equal(a.audio[0], b.audio[0]))
-    assert sum(p.audio is not None for p in by_process) == 2
+        assert (a.media is None) == (b.media is None)
+        assert a.media is None or (a.media["audio"][1] == b.media["audio"][1]
+                                   and np.array_equal(a.media["audio"][0], b.media["audio"][0]))
+    assert sum(p.media is not None for p in by_process) == 2
 
 
 def test_a_long_clip_under_the_error_policy_is_an_error_row(tmp_path):
     write_clip(tmp_path / "long.flac", 300, 31.0)
-    (prompt,) = ClipFeed(16000, 30, cut=False)([Prompt("long", "t", [1], clip=str(tmp_path / "long.flac"))])
+    (prompt,) = audio_feed(cut=False)([Prompt("long", "t", [1], clip=str(tmp_path / "long.flac"))])
     assert prompt.token_ids is None and prompt.error.startswith("the clip is 31.0 s; the model takes at most 30 s")
-    (cut,) = ClipFeed(16000, 30, cut=True)([Prompt("long", "t", [1], clip=str(tmp_path / "long.flac"))])
-    assert cut.truncated == ("audio",) and len(cut.audio[0]) == 480000
+    (cut,) = audio_feed(cut=True)([Prompt("long", "t", [1], clip=str(tmp_path / "long.flac"))])
+    assert cut.truncated == ("audio",) and len(cut.media["audio"][0]) == 480000
 
 
 def test_describe_refuses_what_it_cannot_use(tmp_path, tiny_model, tiny_omni):
@@ -225,14 +233,14 @@ def test_describe_refuses_what_it_cannot_use(tmp_path, tiny_model, tiny_omni):
     runner = CliRunner()
     text_model = runner.invoke(cli, ["describe", str(tmp_path), "--model", str(tiny_model)])
     assert (text_model.exit_code, text_model.stderr) == (2, (
-        f"Error: {tiny_model} takes no audio (Qwen3ForCausalLM); describe needs an audio model such as "
-        "Qwen/Qwen2.5-Omni-7B or Qwen/Qwen2-Audio-7B-Instruct\n"))
+        f"Error: {tiny_model} takes no audio (Qwen3ForCausalLM); describe --modality audio needs a model such as "
+        "Qwen/Qwen2.5-Omni-7B\n"))
     nothing = runner.invoke(cli, ["describe", "--model", str(tiny_omni)])
     assert (nothing.exit_code, nothing.stderr) == (2, "Error: no clips given: name files or folders, or --manifest "
                                                       "FILE\n")
     (tmp_path / "hf.toml").write_text('[run]\nengine = "hf"\n')
     hf = runner.invoke(cli, ["describe", str(tmp_path / "a.wav"), "--config", str(tmp_path / "hf.toml")])
-    assert (hf.exit_code, hf.stderr) == (2, "Error: describe runs on vLLM only: the hf engine takes no audio "
+    assert (hf.exit_code, hf.stderr) == (2, "Error: describe runs on vLLM only: the hf engine takes text only "
                                             "(the config says [run] engine = \"hf\")\n")
     clip = str(tmp_path / "a.wav")
     inside = runner.invoke(cli, ["describe", clip, "--model", str(tiny_omni), "-o", clip])
@@ -245,14 +253,14 @@ def test_the_first_clips_decode_before_the_engine_and_the_stream_says_when_the_n
         write_clip(tmp_path / f"c{i}.wav", 200 + 50 * i, 0.5)
     prompts = [Prompt(f"c{i}", "t", [1], clip=str(tmp_path / f"c{i}.wav")) for i in range(6)]
     prompts.insert(2, Prompt("gone", "t", [1], clip=str(tmp_path / "gone.wav")))
-    feed = ClipFeed(16000, 30, cut=True, workers=1, ahead=3, processes=False)
+    feed = audio_feed(cut=True, workers=1, ahead=3, processes=False)
     head = feed.prepare(prompts)
-    assert [p.audio is not None for p in head] == [True, True, False, False, False, False, False]
+    assert [p.media is not None for p in head] == [True, True, False, False, False, False, False]
     assert head[2].error == f"no such file: {tmp_path / 'gone.wav'}"  # the third clip: tried here too, and failed
     with feed.stream(head) as stream:
         assert stream.ready()  # decoded already: no pool needed for it
         first = next(stream)
-        assert first.audio is not None and stream.pool is None
+        assert first.media is not None and stream.pool is None
         got = [first]
         while True:
             while not stream.ready():
@@ -262,7 +270,7 @@ def test_the_first_clips_decode_before_the_engine_and_the_stream_says_when_the_n
             except StopIteration:
                 break
     assert [p.file_id for p in got] == [p.file_id for p in prompts]
-    assert sum(p.audio is not None for p in got) == 6 and stream.pool is not None
+    assert sum(p.media is not None for p in got) == 6 and stream.pool is not None
 
 
 def _decode_or_die(path, rate, max_seconds, cut):
@@ -274,7 +282,7 @@ def _decode_or_die(path, rate, max_seconds, cut):
 
 class CrashingFeed(ClipFeed):
     def _decode(self, pool, path):
-        return pool.submit(_decode_or_die, path, self.rate, self.max_seconds, self.cut)
+        return pool.submit(_decode_or_die, path, 16000, 30, True)
 
 
 @pytest.mark.parametrize("ahead", [1, 2, 4])  # 1 and 2: clips are submitted to the pool after it broke
@@ -282,12 +290,12 @@ def test_a_worker_that_dies_fails_its_clip_alone(tmp_path, ahead):
     for name in ("a", "b", "c", "d", "crash"):
         write_clip(tmp_path / f"{name}.wav", 300, 0.5)
     prompts = [Prompt(n, "t", [1], clip=str(tmp_path / f"{n}.wav")) for n in ("a", "crash", "b", "c", "d")]
-    with CrashingFeed(16000, 30, cut=True, workers=2, ahead=ahead, processes=True).stream(prompts) as stream:
+    with audio_feed(cls=CrashingFeed, workers=2, ahead=ahead, processes=True).stream(prompts) as stream:
         got = list(stream)
     assert [p.file_id for p in got] == ["a", "crash", "b", "c", "d"]
     assert [p.error for p in got] == [None, "the decoder's process died on this clip (a crash in FFmpeg or "
                                             "libsndfile, or out of memory)", None, None, None]
-    assert all(p.audio is not None for p in got if p.file_id != "crash")
+    assert all(p.media is not None for p in got if p.file_id != "crash")
 
 
 def test_a_wav_written_to_a_pipe_is_not_truncated(tmp_path):

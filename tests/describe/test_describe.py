@@ -12,7 +12,8 @@ from s2_vllm.audio.synth import write_clip
 from s2_vllm.checkpoint import CheckpointStore, Row
 from s2_vllm.cli import cli
 from s2_vllm.config import Config
-from s2_vllm.describe import DEFAULT_MODEL, TEMPLATE, TEMPLATE_WITH_SUBTITLE, ClipInputs, clip_records, describe_stage
+from s2_vllm.audio.modality import MODALITY as AUDIO, TEMPLATE, TEMPLATE_WITH_SUBTITLE
+from s2_vllm.describe import ClipInputs, clip_records, describe_stage
 from s2_vllm.errors import ConfigError
 from s2_vllm.prompts import PromptBuilder, load_tokenizer
 from s2_vllm.records import Record
@@ -32,7 +33,7 @@ def write_describe_checkpoint(path, rows, fingerprint=DESCRIBE_FP):
 def test_describe_brings_its_model_prompt_and_vllm_audio_settings():
     stage = describe_stage(Config(), ClipInputs(("clips",)))
     config = stage.configure(Config(), print)
-    assert config.engine.model == DEFAULT_MODEL and config.sources == [] and config.prompt.template == TEMPLATE
+    assert config.engine.model == AUDIO.default_model and config.sources == [] and config.prompt.template == TEMPLATE
     assert config.engine.extra["limit_mm_per_prompt"] == {"audio": 1, "image": 0, "video": 0}
     config.validate()  # no sources and a template without placeholders: fine for describe
     with_subs = describe_stage(Config(), ClipInputs(("clips",), subtitles="s.json")).configure(Config(), print)
@@ -46,7 +47,7 @@ def test_describe_brings_its_model_prompt_and_vllm_audio_settings():
     assert (mine.prompt.template, mine.engine.model) == (own.prompt.template, "Qwen/Qwen2-Audio-7B-Instruct")
     assert mine.engine.extra["limit_mm_per_prompt"] == {"audio": 2}
     assert stage.marks == {"audio": {"sample_rate": 16000, "max_seconds": 30.0, "decoder": 1}}
-    assert stage.audio_tokens == 752
+    assert stage.modality is AUDIO and AUDIO.max_tokens(config) == 752
 
 
 def test_clips_join_their_subtitles_by_id(tmp_path):
@@ -56,7 +57,7 @@ def test_clips_join_their_subtitles_by_id(tmp_path):
     subs.write_bytes(orjson.dumps([{"file_id": "a", "english_transcription": "Hello."},
                                    {"file_id": "c", "english_transcription": ""}, {"file_id": "z", "english_transcription": "?"}]))
     two = Config()
-    two.audio.decode_workers = 2  # the default depends on the vLLM build (1 on its CPU build)
+    two.decode.workers = 2  # the default depends on the vLLM build (1 on its CPU build)
     config = describe_stage(two, ClipInputs((str(tmp_path),), subtitles=str(subs))).configure(two, print)
     echoed: list[str] = []
     records = clip_records(config, ClipInputs((str(tmp_path),), subtitles=str(subs)), echoed.append)
@@ -75,21 +76,21 @@ def test_an_audio_prompt_holds_one_placeholder_and_leaves_room_for_the_clip(tiny
     config.engine.model = str(tiny_omni)
     config.sampling.max_tokens = 64
     tokenizer = load_tokenizer(config)
-    builder = PromptBuilder(config, tokenizer, 2048, audio_tokens=752)
+    builder = PromptBuilder(config, tokenizer, 2048, modality=AUDIO)
     assert builder.budget == 2048 - 64 - 752
     (prompt,) = builder.build([Record("x", {}, clip="x.wav")])
     audio = tokenizer.convert_tokens_to_ids("<|AUDIO|>")
     assert prompt.token_ids.count(audio) == 1 and prompt.clip == "x.wav"
     assert prompt.text.startswith("<|im_start|>user\n<|audio_bos|><|AUDIO|><|audio_eos|>Please act as an expert")
     with pytest.raises(ConfigError) as small:
-        PromptBuilder(config, tokenizer, 800, audio_tokens=752)
+        PromptBuilder(config, tokenizer, 800, modality=AUDIO)
     assert str(small.value) == ("max_model_len (800) leaves no room for the prompt's text beside sampling.max_tokens "
                                 "(64) and a clip of up to 752 tokens")
     config.engine.model = str(tiny_model)
     with pytest.raises(ConfigError) as text_only:
-        PromptBuilder(config, load_tokenizer(config), 2048, audio_tokens=752)
-    assert str(text_only.value) == ("the chat template renders 0 audio placeholders (<|AUDIO|>) for a message with one "
-                                    "clip; describe needs an audio model's tokenizer and template")
+        PromptBuilder(config, load_tokenizer(config), 2048, modality=AUDIO)
+    assert str(text_only.value) == ("the chat template renders 0 <|AUDIO|> for a message with one audio clip; describe "
+                                    "--modality audio needs the tokenizer and template of a model that takes audio")
 
 
 def test_a_describe_checkpoint_feeds_step_two_and_exports_as_its_input(tmp_path, tiny_model):
@@ -220,7 +221,7 @@ def test_the_omni_7b_stand_in_has_its_shape_and_a_token_for_every_row(tmp_path):
     config = describe_stage(config, ClipInputs(("c",))).configure(config, print)
     tokenizer = load_tokenizer(config)
     assert len(tokenizer) == 152064  # random weights may sample any row: every one decodes
-    (prompt,) = PromptBuilder(config, tokenizer, 2048, audio_tokens=752).build([Record("x", {}, clip="x.wav")])
+    (prompt,) = PromptBuilder(config, tokenizer, 2048, modality=AUDIO).build([Record("x", {}, clip="x.wav")])
     assert prompt.token_ids.count(thinker.audio_token_index) == 1 == prompt.token_ids.count(
         tokenizer.convert_tokens_to_ids("<|AUDIO|>"))
     assert check_engine_config(config)["load_format"] == "dummy"  # vLLM's EngineArgs accept it, no weights needed
@@ -233,13 +234,13 @@ def test_a_describe_checkpoint_is_not_taken_as_subtitles(tmp_path, monkeypatch, 
     result = CliRunner().invoke(cli, ["render", "--audio", "a.json", "--subtitles", "d.jsonl", "--model",
                                       str(tiny_model)])
     assert (result.exit_code, result.stderr) == (
-        2, "Error: d.jsonl holds clip descriptions (s2-vllm describe), not subtitles: give it as --audio\n")
+        2, "Error: d.jsonl holds clip descriptions (s2-vllm describe), not subtitles: give it as --audio or --visual\n")
 
 
 def test_a_limit_over_what_the_feature_extractor_reads_is_warned_about(tmp_path):
     write_clip(tmp_path / "a.wav", 300, 0.5)
     config = Config()
-    config.audio.max_seconds, config.audio.decode_workers, config.sources = 60.0, 1, []
+    config.audio.max_seconds, config.decode.workers, config.sources = 60.0, 1, []
     echoed: list[str] = []
     clip_records(config, ClipInputs((str(tmp_path),)), echoed.append)
     assert echoed[1] == ("warning: max_seconds is 60, but vLLM's Whisper-style feature extractor (Qwen2.5-Omni, "

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from s2_vllm.audio.synth import write_clip, write_silent_video
 from s2_vllm.cli import cli as s2_cli
 from s2_vllm.stages import read_checkpoint_source
-from vllm_helpers import cli, engine_processes, kill_all, rows, wait_for_rows, wait_gone
+from vllm_helpers import cli, kill_mid_run, rows
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -64,20 +64,13 @@ def described(tmp_path_factory, tiny_omni):
     # ahead: all but the first two go through the pool of worker processes and the runner's wait for them.
     args = ["describe", str(clips), "--model", str(tiny_omni), "--config", str(folder / "describe.toml"),
             "--no-progress", "--decode-ahead", "2", "--in-flight", "1", "-o", str(out)]
-    process = cli(*args, start_new_session=True)
-    assert wait_for_rows(out, 4, process), process.communicate()[1].decode()[-3000:]
-    engines = engine_processes(process.pid)
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=60)
-    left = wait_gone(engines, 10)
-    kill_all(left)
-    killed_at = len(rows(out))
+    killed = kill_mid_run(args, out)
     # The same command, every clip in flight, on two engine replicas: the samples travel to them with each request.
     resumed = cli(*args[:-4], "--replicas", "2", "-o", str(out))
     stdout, stderr = (b.decode() for b in resumed.communicate(timeout=900))
     assert resumed.returncode == 0, stderr[-3000:]
-    return {"folder": folder, "out": out, "engines": engines, "left": left, "killed_at": killed_at,
-            "stdout": stdout, "stderr": stderr, "kill_code": process.returncode}
+    return {"folder": folder, "out": out, **killed,
+            "stdout": stdout, "stderr": stderr}
 
 
 def test_killed_and_resumed_every_clip_is_written_once(described):

@@ -30,7 +30,7 @@ def test_answers_are_a_function_of_the_prompt_and_its_clip():
     clip_a, clip_b = (np.full(160, v, np.float32) for v in (0.1, 0.2))
     for key, ids, audio in [("a", [1, 2, 3], None), ("b", [1, 2, 3], None), ("c", [1, 2, 4], None),
                             ("d", [1, 2, 3], (clip_a, 16000)), ("e", [1, 2, 3], (clip_b, 16000))]:
-        engine.add(GenerationRequest(key, ids, seed=0, audio=audio))
+        engine.add(GenerationRequest(key, ids, seed=0, multi_modal_data=audio and {"audio": audio}))
     done = finish(engine)
     assert done["a"].text == done["b"].text  # same prompt, same answer, whatever the id
     assert len({done[k].text for k in "acde"}) == 4  # another prompt or another clip: another answer

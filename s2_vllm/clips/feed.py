@@ -1,9 +1,10 @@
 """Clips decoded ahead of the engine: a bounded pool of workers between the rendered prompts and the runner.
 
-The runner takes prompts in order; each prompt with a clip comes out with its samples attached, or
-without token ids and with the reason as its error (an error row, the run goes on). At most `ahead`
-clips are decoded or decoding at once, so memory stays flat for any number of clips, and the engine
-finds the next clips ready instead of waiting on a file. The workers are processes (started with
+The runner takes prompts in order; each prompt with a clip comes out with its decoded clip attached as
+`multi_modal_data[modality]`, or without token ids and with the reason as its error (an error row, the run
+goes on). At most `ahead` clips are decoded or decoding at once, and `ahead` is set so that that many of the
+largest clips the modality can decode fit the byte budget: memory stays flat for any number and size of
+clips, and the engine finds the next clips ready instead of waiting on a file. The workers are processes (started with
 `spawn`: the engine's process has threads, which a fork would copy mid-lock) or threads.
 """
 
@@ -19,16 +20,24 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from s2_vllm.audio.decode import ClipError, Decoded, decode
+from s2_vllm.clips.modality import ClipError, Decoded
 from s2_vllm.errors import one_line
 from s2_vllm.prompts import Prompt
 
 
+def clips_ahead(ahead: int, budget_bytes: int, clip_bytes: int) -> int:
+    """How many clips may be decoded ahead: `ahead`, or fewer when that many of the largest clips would pass the
+    byte budget; at least one."""
+    return max(1, min(ahead, budget_bytes // max(1, clip_bytes)))
+
+
 class ClipFeed:
-    def __init__(self, rate: int, max_seconds: float, *, cut: bool, workers: int | Callable[[], int] = 2,
+    def __init__(self, name: str, decoder: Callable[[str], Decoded], *, workers: int | Callable[[], int] = 2,
                  ahead: int = 64, processes: bool = True):
-        """`workers`: a number, or a function that gives it when the pool starts (after the engine's checks)."""
-        self.rate, self.max_seconds, self.cut = rate, max_seconds, cut
+        """`name`: the modality (the key of multi_modal_data); `decoder`: path → Decoded (picklable, for worker
+        processes); `workers`: a number, or a function that gives it when the pool starts (after the engine's
+        checks)."""
+        self.name, self.decoder = name, decoder
         self._workers, self.ahead, self.processes = workers, ahead, processes
 
     @property
@@ -36,7 +45,7 @@ class ClipFeed:
         return self._workers() if callable(self._workers) else self._workers
 
     def _decode(self, pool: Executor, path: str) -> Future[Decoded]:
-        return pool.submit(decode, path, self.rate, self.max_seconds, cut=self.cut)
+        return pool.submit(self.decoder, path)
 
     def _pool(self) -> Executor:
         workers = self.workers
@@ -60,7 +69,7 @@ class ClipFeed:
     def _decode_here(self, path: str | None) -> Future[Decoded]:
         future: Future[Decoded] = Future()
         try:
-            future.set_result(decode(str(path), self.rate, self.max_seconds, cut=self.cut))
+            future.set_result(self.decoder(str(path)))
         except Exception as exc:
             future.set_exception(exc)
         return future
@@ -68,7 +77,7 @@ class ClipFeed:
     @staticmethod
     def _wants(prompt: Prompt) -> bool:
         """A prompt whose clip is still to decode (not skipped, not too long, not decoded already)."""
-        return prompt.clip is not None and prompt.token_ids is not None and prompt.audio is None
+        return prompt.clip is not None and prompt.token_ids is not None and prompt.media is None
 
     def stream(self, prompts: Iterable[Prompt]) -> ClipStream:
         return ClipStream(self, iter(prompts))
@@ -78,16 +87,15 @@ class ClipFeed:
         with self.stream(prompts) as stream:
             yield from stream
 
-    @staticmethod
-    def _attach(prompt: Prompt, future: Future[Decoded]) -> Prompt:
+    def _attach(self, prompt: Prompt, future: Future[Decoded]) -> Prompt:
         try:
             clip = future.result()
         except ClipError as exc:
             return dataclasses.replace(prompt, token_ids=None, error=str(exc))
         except Exception as exc:  # a decoder bug must not stop the other clips either
             return dataclasses.replace(prompt, token_ids=None, error=f"cannot decode the clip: {one_line(exc)}")
-        truncated = prompt.truncated + ("audio",) if clip.cut else prompt.truncated
-        return dataclasses.replace(prompt, audio=clip.as_input(), truncated=truncated)
+        truncated = prompt.truncated + (self.name,) if clip.cut else prompt.truncated
+        return dataclasses.replace(prompt, media={self.name: clip.data}, truncated=truncated)
 
 
 class ClipStream(Iterator[Prompt]):

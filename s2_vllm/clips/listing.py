@@ -15,9 +15,6 @@ from pathlib import Path
 
 from s2_vllm.errors import InputError
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".oga", ".opus", ".wma", ".aiff", ".aif")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv", ".mpg", ".mpeg", ".m4v", ".wmv")
-CLIP_SUFFIXES = AUDIO_SUFFIXES + VIDEO_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -26,17 +23,17 @@ class Clip:
     path: str
 
 
-def find_clips(paths: Iterable[str | Path]) -> list[Clip]:
-    """Files as given (any extension), folders searched recursively for audio and video files; sorted by path
-    within a folder, folders and files in the order given."""
+def find_clips(paths: Iterable[str | Path], suffixes: tuple[str, ...], kind: str = "clip") -> list[Clip]:
+    """Files as given (any extension), folders searched recursively for files with one of `suffixes` (the
+    modality's); sorted by path within a folder, folders and files in the order given. `kind` names the
+    files in the message of a folder without any ("audio or video files")."""
     clips: list[Clip] = []
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            found = sorted(p for p in _walk(path) if p.suffix.lower() in CLIP_SUFFIXES)
+            found = sorted(p for p in _walk(path) if p.suffix.lower() in suffixes)
             if not found:
-                raise InputError(f"no audio or video files in {path} "
-                                 f"(looked for {', '.join(s.lstrip('.') for s in CLIP_SUFFIXES)})")
+                raise InputError(f"no {kind} in {path} (looked for {', '.join(s.lstrip('.') for s in suffixes)})")
             clips += [Clip(p.stem, str(p)) for p in found]
         elif path.exists() or path.suffix:
             clips.append(Clip(path.stem, str(path)))  # a missing file is that clip's error row, not the run's end
