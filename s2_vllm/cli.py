@@ -188,9 +188,12 @@ def status(checkpoints: tuple[str, ...]) -> None:
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="json", show_default=True,
               help="json: the tutorial's list of {file_id, final_description} ({file_id, generated_text} for a "
                    "describe checkpoint, step 2's input).")
-@click.option("--include-failed", is_flag=True, help="json: also rows cut at max_tokens (status length).")
+@click.option("--cut-rows", type=click.Choice(["use", "skip"]), default="use", show_default=True,
+              help="json: rows cut at max_tokens (status length) are written (use) or left out (skip).")
+@click.option("--include-failed", is_flag=True, hidden=True)  # the default now; kept so old scripts run
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
-def export(checkpoints: tuple[str, ...], output: str, fmt: str, include_failed: bool, force: bool) -> None:
+def export(checkpoints: tuple[str, ...], output: str, fmt: str, cut_rows: str, include_failed: bool,
+           force: bool) -> None:
     """Write the results for downstream code.
 
     \b
@@ -206,7 +209,7 @@ def export(checkpoints: tuple[str, ...], output: str, fmt: str, include_failed: 
     if info.get("duplicates"):
         click.echo(f"warning: {info['duplicates']} ids appear in more than one checkpoint; the last row is kept",
                    err=True)
-    count = export_rows(rows, Path(output), fmt, force=force, include_failed=include_failed,
+    count = export_rows(rows, Path(output), fmt, force=force, cut_rows="use" if include_failed else cut_rows,
                         text_key=text_key_of(paths))
     click.echo(f"wrote {count} records to {output}")
 
@@ -217,10 +220,11 @@ def export(checkpoints: tuple[str, ...], output: str, fmt: str, include_failed: 
 @click.option("--max-tokens", type=int, default=48, show_default=True)
 @click.option("--engine", type=click.Choice(ENGINES),
               help="Default: vllm where its engine can start (a GPU, or vLLM's CPU build), else hf. With "
-                   "--from-audio, step 2's engine (describe always runs on vLLM).")
-@click.option("--from-audio", is_flag=True,
-              help="Start from generated audio clips: describe (step 1) -> run (step 2) -> export. Needs vLLM.")
-def demo(directory: str, max_tokens: int, engine: str | None, from_audio: bool) -> None:
+                   "--from-clips, step 2's engine (describe always runs on vLLM).")
+@click.option("--from-clips", "--from-audio", "from_clips", is_flag=True,
+              help="Start from generated video clips with audio tracks: describe their audio and their frames "
+              "(step 1) -> run with three sources (step 2) -> export. Needs vLLM.")
+def demo(directory: str, max_tokens: int, engine: str | None, from_clips: bool) -> None:
     """Run the whole pipeline on a tiny random model and bundled data: no GPU, no network.
 
     It builds (once) a tiny Qwen3-style model with random weights and a locally trained
@@ -229,17 +233,18 @@ def demo(directory: str, max_tokens: int, engine: str | None, from_audio: bool) 
     It runs on vLLM where its engine can start (a CUDA GPU, or vLLM's CPU build) and on
     transformers otherwise, and says which.
 
-    With --from-audio it starts one step earlier: a tiny random Qwen2.5-Omni thinker describes
-    eight generated clips on vLLM (describe), and that checkpoint is step 2's audio source.
+    With --from-clips it starts one step earlier: a tiny random Qwen2.5-Omni thinker describes the
+    audio of eight generated clips and a tiny random Qwen2.5-VL their frames, on vLLM (describe),
+    and the two checkpoints are step 2's acoustic and visual sources.
 
     \b
     Examples:
         s2-vllm demo
-        s2-vllm demo --from-audio --dir s2-vllm-audio-demo
+        s2-vllm demo --from-clips --dir s2-vllm-clips-demo
     """
-    from s2_vllm.demo import run_audio_demo, run_demo
+    from s2_vllm.demo import run_clips_demo, run_demo
 
-    (run_audio_demo if from_audio else run_demo)(Path(directory), max_tokens=max_tokens, echo=click.echo,
+    (run_clips_demo if from_clips else run_demo)(Path(directory), max_tokens=max_tokens, echo=click.echo,
                                                  engine=engine)
 
 

@@ -13,7 +13,7 @@ from typing import IO, Any
 
 import orjson
 
-from s2_vllm.checkpoint import ROW_FIELDS, Row, atomic_write
+from s2_vllm.checkpoint import ROW_FIELDS, USABLE, Row, atomic_write
 from s2_vllm.errors import CheckpointError, UserError
 
 FORMATS = ("json", "jsonl", "csv")
@@ -68,12 +68,12 @@ def _write_csv(rows: Iterable[Row], f: IO[bytes]) -> int:
     return n
 
 
-def export(rows: Iterable[Row], out: Path, fmt: str, *, force: bool = False, include_failed: bool = False,
+def export(rows: Iterable[Row], out: Path, fmt: str, *, force: bool = False, cut_rows: str = "use",
            text_key: str = "final_description") -> int:
     """Write `rows` to `out` atomically in checkpoint order; returns how many were written.
 
-    json: the tutorial's list of {file_id, final_description}, status "ok" rows only
-    (`include_failed` adds "length" rows: cut-off text is still text). jsonl, csv: every row.
+    json: the tutorial's list of {file_id, final_description} of the "ok" rows and, unless `cut_rows` is
+    "skip", the "length" rows (a description cut at max_tokens is still a description). jsonl, csv: every row.
     """
     if fmt not in FORMATS:
         raise UserError(f"unknown export format '{fmt}'; use one of {', '.join(FORMATS)}")
@@ -82,7 +82,7 @@ def export(rows: Iterable[Row], out: Path, fmt: str, *, force: bool = False, inc
         raise CheckpointError(f"{out} exists; use --force to replace it")
     if not out.parent.is_dir():
         raise CheckpointError(f"folder {out.parent} does not exist; create it or choose another output")
-    statuses = ("ok", "length") if include_failed else ("ok",)
+    statuses = USABLE if cut_rows == "use" else ("ok",)
     count = 0
 
     def write(f: IO[bytes]) -> None:

@@ -30,8 +30,3 @@ def text_config(model_config: Any) -> Any:
     outer = getattr(model_config, "thinker_config", None) or model_config
     return getattr(outer, "text_config", None) or outer
 
-
-def audio_capable(model_config: Any) -> bool:
-    """Whether the model has an audio encoder (Qwen2.5-Omni's thinker, Qwen2-Audio, Qwen3-Omni, …)."""
-    outer = getattr(model_config, "thinker_config", None) or model_config
-    return getattr(outer, "audio_config", None) is not None

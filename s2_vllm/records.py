@@ -38,7 +38,7 @@ class Record:
     file_id: str  # ids are compared and stored as strings ("12" == 12)
     texts: dict[str, str]  # source name -> text ("" when missing/null/whitespace-only)
     skip_reason: str | None = None  # e.g. "empty text in subtitle": not sent to the model
-    clip: str | None = None  # describe: the path of the record's audio clip
+    clip: str | None = None  # describe: the path of the record's clip
 
 
 @dataclass

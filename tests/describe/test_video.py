@@ -216,3 +216,28 @@ def test_three_sources_join_into_the_built_in_fusion_prompt(tmp_path, tiny_model
     assert alone.output.startswith("prompt: the built-in fusion of visual clues with the subtitle\n")
     prompt = rows(tmp_path / "p2.jsonl")[0]["prompt"]
     assert "Visual Clues:\nface s1\n\nOriginal Subtitle:\nline s1" in prompt and "Acoustic" not in prompt
+
+
+def test_the_vl_7b_stand_in_has_its_shape_and_a_token_for_every_row(tmp_path):
+    """scripts/bench_describe.py --modality video --stand-in vl-7b (the GPU plan): built and checked here."""
+    from transformers import AutoConfig
+
+    from s2_vllm.describe import ClipInputs, describe_stage
+    from s2_vllm.engines import check_engine_config
+    from s2_vllm.prompts import PromptBuilder, load_tokenizer
+    from s2_vllm.records import Record
+    from s2_vllm.tiny_vl import write_vl_7b_config
+
+    folder = write_vl_7b_config(tmp_path / "vl-7b")
+    shape = AutoConfig.from_pretrained(folder)
+    text, vision = shape.text_config, shape.vision_config
+    assert (text.hidden_size, text.num_hidden_layers, text.num_key_value_heads, text.vocab_size) == (3584, 28, 4, 152064)
+    assert (vision.depth, vision.hidden_size, vision.out_hidden_size) == (32, 1280, 3584)
+    config = Config()
+    config.engine.model, config.engine.load_format, config.engine.max_model_len = str(folder), "dummy", 8192
+    config = describe_stage(config, ClipInputs(("c",), modality="video")).configure(config, print)
+    tokenizer = load_tokenizer(config)
+    assert len(tokenizer) == 152064  # random weights may sample any row: every one decodes
+    (prompt,) = PromptBuilder(config, tokenizer, 8192, modality=VIDEO).build([Record("x", {}, clip="x.mp4")])
+    assert prompt.token_ids.count(shape.video_token_id) == 1
+    assert check_engine_config(config)["load_format"] == "dummy"

@@ -33,18 +33,18 @@ def checkpoint(path: Path, rows: list[Row], fingerprint: dict = FP) -> Path:
     return path
 
 
-def test_json_is_the_tutorials_list_of_ok_rows(tmp_path):
+def test_json_is_the_tutorials_list_of_ok_rows_with_cut_rows_skip(tmp_path):
     out = tmp_path / "s2_final_descriptions.json"
-    assert export(ROWS, out, "json") == 2
+    assert export(ROWS, out, "json", cut_rows="skip") == 2
     expected = [{"file_id": r.file_id, "final_description": r.final_description} for r in ROWS if r.status == "ok"]
     assert json.loads(out.read_text(encoding="utf-8")) == expected
     assert out.read_text(encoding="utf-8") == json.dumps(expected, indent=2, ensure_ascii=False) + "\n"
     assert "生气" in out.read_text(encoding="utf-8")  # UTF-8, not \u escapes
 
 
-def test_json_include_failed_adds_length_rows_only(tmp_path):
+def test_json_takes_length_rows_by_default_and_never_errors(tmp_path):
     out = tmp_path / "all.json"
-    assert export(ROWS, out, "json", include_failed=True) == 3
+    assert export(ROWS, out, "json") == 3
     assert [d["file_id"] for d in json.loads(out.read_bytes())] == [
         "sample_00000007", "sample_00000012", "sample_00000002",
     ]
@@ -84,8 +84,8 @@ def test_existing_output_is_refused_without_force(tmp_path):
         export(ROWS, out, "json")
     assert str(err.value) == f"{out} exists; use --force to replace it"
     assert out.read_text() == "keep me"
-    assert export(ROWS, out, "json", force=True) == 2
-    assert len(json.loads(out.read_bytes())) == 2
+    assert export(ROWS, out, "json", force=True) == 3
+    assert len(json.loads(out.read_bytes())) == 3
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temp file left
 
 
@@ -122,5 +122,5 @@ def test_merge_then_export_the_tutorial_json(tmp_path):
     b = checkpoint(tmp_path / "shard1.jsonl", ROWS[2:])
     rows, _ = merge_rows([a, b])
     out = tmp_path / "s2_final_descriptions.json"
-    assert export(rows, out, "json") == 2
+    assert export(rows, out, "json", cut_rows="skip") == 2
     assert [d["file_id"] for d in json.loads(out.read_bytes())] == ["sample_00000007", "sample_00000002"]
