@@ -112,9 +112,13 @@ def test_a_describe_checkpoint_feeds_step_two_and_exports_as_its_input(tmp_path,
             "left out: 1 error)") in rendered.output
 
     exported = runner.invoke(cli, ["export", str(tmp_path / "d.shard-*.jsonl"), "-o", str(tmp_path / "a.json")])
-    assert exported.output == f"wrote 2 records to {tmp_path / 'a.json'}\n"
+    assert exported.output == f"wrote 3 records to {tmp_path / 'a.json'}\n"  # ok and length rows, as step 2 takes them
     assert orjson.loads((tmp_path / "a.json").read_bytes()) == [
-        {"file_id": "s1", "generated_text": "calm low voice"}, {"file_id": "s3", "generated_text": "fast rising pitch"}]
+        {"file_id": "s1", "generated_text": "calm low voice"}, {"file_id": "s3", "generated_text": "fast rising pitch"},
+        {"file_id": "s4", "generated_text": "cut"}]
+    only_ok = runner.invoke(cli, ["export", str(tmp_path / "d.shard-*.jsonl"), "--cut-rows", "skip",
+                                  "-o", str(tmp_path / "b.json")])
+    assert only_ok.output == f"wrote 2 records to {tmp_path / 'b.json'}\n"
 
 
 def test_run_and_describe_refuse_each_others_checkpoints(tmp_path, tiny_model, tiny_omni):
