@@ -67,13 +67,19 @@ OMNI_7B_AUDIO = {"num_mel_bins": 128, "encoder_layers": 32, "encoder_attention_h
                  "d_model": 1280, "output_dim": 3584, "max_source_positions": 1500, "n_window": 100}
 
 
-def tokenizer_with(tokens: dict[str, str], chat_template: str) -> Any:
-    """tiny.py's tokenizer plus a multimodal model's special tokens (`tokens`: the processor's names for them)."""
+def tokenizer_with(tokens: dict[str, str], chat_template: str, rows: int | None = None) -> Any:
+    """tiny.py's tokenizer plus a multimodal model's special tokens (`tokens`: the processor's names for them),
+    padded with unused special tokens up to `rows` ids when given (a full-size model's vocabulary)."""
     from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
     raw = tiny._train_tokenizer()
     raw.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in tokens.values()])
+    if rows is not None:
+        # Into the backend, not the wrapper's additional_special_tokens: 150,000 of those in
+        # tokenizer_config.json make every AutoTokenizer load take minutes.
+        raw.add_special_tokens([AddedToken(f"<|s2_unused_{i}|>", special=True, normalized=False)
+                                for i in range(rows - raw.get_vocab_size(with_added_tokens=True))])
     return PreTrainedTokenizerFast(
         tokenizer_object=raw, eos_token=tiny.IM_END, pad_token=tiny.PAD, unk_token=None,
         extra_special_tokens=tokens, padding_side="left",

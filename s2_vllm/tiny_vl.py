@@ -115,14 +115,9 @@ def build_tiny_vl(dest: str | Path | None = None, *, force: bool = False) -> Pat
 def write_vl_7b_config(dest: str | Path) -> Path:
     """A weightless folder of Qwen2.5-VL-7B-Instruct's shape for `load_format="dummy"`, with the tiny tokenizer
     padded to the model's 152,064 ids (so every id random weights sample decodes), our template and the processor."""
-    from tokenizers import AddedToken
-
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    tokenizer = _tokenizer()
-    rows = VL_7B_TEXT["vocab_size"]
-    tokenizer.add_special_tokens({"additional_special_tokens": [
-        AddedToken(f"<|s2_unused_{i}|>", special=True, normalized=False) for i in range(rows - len(tokenizer))]})
+    tokenizer = tokenizer_with(VL_TOKENS, CHAT_TEMPLATE, rows=VL_7B_TEXT["vocab_size"])
     tokenizer.save_pretrained(dest)
     _processor(tokenizer).save_pretrained(dest)
     config = _config(tokenizer, {**VL_7B_TEXT, "initializer_range": 0.02}, VL_7B_VISION).to_dict()
