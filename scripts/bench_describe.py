@@ -7,7 +7,7 @@ clips, greedy, every clip exactly --max-tokens long); --help lists the modes:
   vllm-per-clip  decode a clip, LLM.generate([it]), next clip: MERTools' MER2025 baselines' loop on vLLM
   hf-per-clip    the same loop on transformers (Qwen2.5-Omni thinker .generate, batch 1), a few clips
 `--modality video` runs the same rows on video clips (generated MP4s, 3..10 s) with the tiny Qwen2.5-VL
-(hf-per-clip is audio's only). Host rows, no engine, are scripts/bench_clips_host.py's (decoding clips/s,
+(hf-per-clip is audio's only, left out of the default modes there and with --stand-in). Host rows, no engine, are scripts/bench_clips_host.py's (decoding clips/s,
 the processor), run after the engine rows. OUT and OUT.md are written after every row; see docs/BENCHMARKS.md.
 
     python scripts/bench_describe.py --out describe-cpu.json                 # vLLM's CPU build, tiny Omni
@@ -278,6 +278,8 @@ def main() -> None:
     if args.worker:  # one mode, in the process the harness started for it
         return harness.worker(MODES, *args.worker)
     names = harness.chosen(p, MODES, args.modes, device=None)
+    if args.modes is None and (args.stand_in or args.modality == "video"):
+        names = [n for n in names if n != "hf-per-clip"]  # the default modes are those that can run here
     if args.stand_in and "hf-per-clip" in names and not args.host_only:
         p.error("--stand-in has no weights for transformers: leave hf-per-clip out of --modes")
     if args.modality == "video" and "hf-per-clip" in names and not args.host_only:
