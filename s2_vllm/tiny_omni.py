@@ -67,6 +67,19 @@ OMNI_7B_AUDIO = {"num_mel_bins": 128, "encoder_layers": 32, "encoder_attention_h
                  "d_model": 1280, "output_dim": 3584, "max_source_positions": 1500, "n_window": 100}
 
 
+def pad_vocab(backend: Any, rows: int) -> None:
+    """Unused special tokens up to a full-size model's `rows` ids, so that every id random weights sample decodes.
+    Into the backend, not the wrapper's additional_special_tokens: 150,000 of those in tokenizer_config.json make
+    every AutoTokenizer load take minutes."""
+    from tokenizers import AddedToken
+
+    have = backend.get_vocab_size(with_added_tokens=True)
+    if have > rows:
+        raise ValueError(f"the tokenizer has {have} ids, more than the model's {rows} rows")
+    backend.add_special_tokens([AddedToken(f"<|s2_unused_{i}|>", special=True, normalized=False)
+                                for i in range(rows - have)])
+
+
 def tokenizer_with(tokens: dict[str, str], chat_template: str, rows: int | None = None) -> Any:
     """tiny.py's tokenizer plus a multimodal model's special tokens (`tokens`: the processor's names for them),
     padded with unused special tokens up to `rows` ids when given (a full-size model's vocabulary)."""
@@ -76,10 +89,7 @@ def tokenizer_with(tokens: dict[str, str], chat_template: str, rows: int | None 
     raw = tiny._train_tokenizer()
     raw.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in tokens.values()])
     if rows is not None:
-        # Into the backend, not the wrapper's additional_special_tokens: 150,000 of those in
-        # tokenizer_config.json make every AutoTokenizer load take minutes.
-        raw.add_special_tokens([AddedToken(f"<|s2_unused_{i}|>", special=True, normalized=False)
-                                for i in range(rows - raw.get_vocab_size(with_added_tokens=True))])
+        pad_vocab(raw, rows)
     return PreTrainedTokenizerFast(
         tokenizer_object=raw, eos_token=tiny.IM_END, pad_token=tiny.PAD, unk_token=None,
         extra_special_tokens=tokens, padding_side="left",
@@ -189,11 +199,7 @@ def write_omni_7b_config(dest: str | Path, tokenizer_dir: str | Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     backend = AutoTokenizer.from_pretrained(str(tokenizer_dir)).backend_tokenizer
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in OMNI_TOKENS.values()])
-    rows = OMNI_7B_TEXT["vocab_size"]
-    if backend.get_vocab_size(with_added_tokens=True) > rows:
-        raise ValueError(f"the tokenizer of {tokenizer_dir} has more ids than the model's {rows} rows")
-    backend.add_special_tokens([AddedToken(f"<|s2_unused_{i}|>", special=True, normalized=False)
-                                for i in range(rows - backend.get_vocab_size(with_added_tokens=True))])
+    pad_vocab(backend, OMNI_7B_TEXT["vocab_size"])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=tiny.IM_END, pad_token=tiny.PAD,
                                         unk_token=None, extra_special_tokens=OMNI_TOKENS,
                                         model_max_length=OMNI_7B_TEXT["max_position_embeddings"],

@@ -7,8 +7,9 @@ clips, greedy, every clip exactly --max-tokens long); --help lists the modes:
   vllm-per-clip  decode a clip, LLM.generate([it]), next clip: MERTools' MER2025 baselines' loop on vLLM
   hf-per-clip    the same loop on transformers (Qwen2.5-Omni thinker .generate, batch 1), a few clips
 `--modality video` runs the same rows on video clips (generated MP4s, 3..10 s) with the tiny Qwen2.5-VL
-(hf-per-clip is audio's only, left out of the default modes there and with --stand-in). Host rows, no engine, are scripts/bench_clips_host.py's (decoding clips/s,
-the processor), run after the engine rows. OUT and OUT.md are written after every row; see docs/BENCHMARKS.md.
+(hf-per-clip is audio's only: the default modes leave it out there and with --stand-in). Host rows, no
+engine, are scripts/bench_clips_host.py's (decoding clips/s, the processor), run after the engine rows.
+OUT and OUT.md are written after every row; see docs/BENCHMARKS.md.
 
     python scripts/bench_describe.py --out describe-cpu.json                 # vLLM's CPU build, tiny Omni
     python scripts/bench_describe.py --modes describe,vllm-per-clip --repeat 3 --out ratio.json  # fastest of 3
